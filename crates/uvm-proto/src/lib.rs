@@ -20,16 +20,41 @@ pub mod stats {
 /// Version of the GCS protocol this crate speaks.
 pub const PROTOCOL_VERSION: u32 = gcs::ProtocolVersion::V1 as u32;
 
-/// Name of the virtio-serial port (and host socket stem) for each channel.
+/// Names of the virtio-serial ports, one per channel. Each port is named after
+/// the channel's HCS/winio vsock service id (`XXXXXXXX-FACB-11E6-BD58-64006A7986D3`,
+/// first field = the vsock port), in lower case.
 pub mod ports {
-    /// Port carrying the gRPC GCS stream, unless overridden on the cmdline.
-    pub const GCS: &str = "uvm.gcs";
+    /// vsock port of the Linux GCS (`LINUX_GCS_VSOCK_PORT`).
+    pub const GCS_VSOCK_PORT: u32 = 0x4000_0000;
+    /// vsock port of the guest log stream (`LINUX_LOG_VSOCK_PORT`).
+    pub const LOG_VSOCK_PORT: u32 = 109;
+    /// vsock port of the entropy channel (`LINUX_ENTROPY_VSOCK_PORT`).
+    pub const ENTROPY_VSOCK_PORT: u32 = 1;
+    /// Default port carrying the gRPC GCS stream (overridable with `uvm.gcs_port`).
+    pub const GCS: &str = "40000000-facb-11e6-bd58-64006a7986d3";
     /// Port carrying the agent's JSON log lines to the host.
-    pub const LOG: &str = "uvm.log";
+    pub const LOG: &str = "0000006d-facb-11e6-bd58-64006a7986d3";
     /// Port on which the host writes entropy for the guest.
-    pub const ENTROPY: &str = "uvm.entropy";
+    pub const ENTROPY: &str = "00000001-facb-11e6-bd58-64006a7986d3";
     /// Bytes of entropy the host sends on the entropy channel.
     pub const ENTROPY_BYTES: usize = 512;
+
+    /// The port name (service id string) for a vsock port number.
+    pub fn service_port_name(port: u32) -> String {
+        format!("{port:08x}-facb-11e6-bd58-64006a7986d3")
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn well_known_names_match_their_ports() {
+            assert_eq!(service_port_name(GCS_VSOCK_PORT), GCS);
+            assert_eq!(service_port_name(LOG_VSOCK_PORT), LOG);
+            assert_eq!(service_port_name(ENTROPY_VSOCK_PORT), ENTROPY);
+        }
+    }
 }
 
 /// Kernel command-line keys the agent reads (`key=value`).

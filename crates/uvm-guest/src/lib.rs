@@ -1,0 +1,1 @@
+//! uvm-guest (being built).

@@ -1,0 +1,1 @@
+//! uvm-image (being built).

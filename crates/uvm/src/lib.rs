@@ -1,0 +1,1 @@
+//! uvm (being built).
