@@ -44,6 +44,10 @@ pub trait UtilityVm: Send + Sync {
     async fn wait(&self) -> ExitReason;
     /// Why the VM exited, once it has.
     fn exit_reason(&self) -> Option<ExitReason>;
+    /// The exit reason when it is not a clean one (see [`ExitReason::is_clean`]).
+    fn exit_error(&self) -> Option<ExitReason> {
+        self.exit_reason().filter(|r| !r.is_clean())
+    }
     /// When the vCPUs were started.
     fn started_time(&self) -> Option<SystemTime>;
     /// When the VM process was seen to exit.
