@@ -1,0 +1,41 @@
+# uvm — two commands:
+#   make demo   install what is missing, build, boot a UVM, run a command in it
+#   make test   every test (unit, real-VM integration, CLI end to end, bounded fuzz)
+# Both are idempotent; the kernel, the agent and the initramfs are cached.
+
+CARGO        ?= cargo
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT        := target/$(AGENT_TARGET)/release/uvm-gcs
+UVMCTL       := target/release/uvmctl
+DEMO_CMD     ?= uname -a
+
+export UVM_AGENT := $(CURDIR)/$(AGENT)
+
+.PHONY: demo test deps agent build image bench clean-cache
+
+deps:
+	@bash scripts/install-deps.sh
+
+# The agent runs as PID 1 in the guest: a static binary.
+agent:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p uvm-gcs --target $(AGENT_TARGET)
+
+build: agent
+	$(CARGO) build --release -p uvmctl
+
+# Kernel (built once, ~6 min on 2 cores) and initramfs, both cached under ~/.cache/uvm.
+image: deps build
+	$(UVMCTL) image build
+
+demo: image
+	@echo "+ uvmctl run --stats -- $(DEMO_CMD)"
+	@$(UVMCTL) run --stats -- $(DEMO_CMD)
+
+test: image
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+bench: image
+	$(UVMCTL) bench --json target/bench.json
+
+clean-cache:
+	rm -rf "$${UVM_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/uvm}"
