@@ -1,1 +1,127 @@
-fn main() {}
+//! `uvm-gcs`: PID 1 of a uvm Utility VM, or (`--serve-unix PATH`) a
+//! development server on a unix socket.
+
+use std::time::Duration;
+
+use uvm_gcs::config::{Config, Platform};
+use uvm_gcs::logging::{self, LogSink};
+use uvm_gcs::reaper::Reaper;
+use uvm_gcs::service::{Agent, Role};
+use uvm_gcs::{init, ports, server};
+
+const USAGE: &str = "usage: uvm-gcs            (as PID 1 inside a UVM)\n       uvm-gcs --serve-unix SOCKET\n       uvm-gcs --version";
+
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let thread = std::thread::current().name().unwrap_or("?").to_owned();
+        let bt = std::backtrace::Backtrace::force_capture();
+        tracing::error!(thread = %thread, backtrace = %bt, "panic: {info}");
+    }));
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("gcs-worker").enable_all().build()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if std::process::id() == 1 {
+        // Kernel-provided arguments (if any) are not ours to interpret.
+        run_init();
+    }
+    match args.get(1).map(String::as_str) {
+        Some("--serve-unix") if args.len() == 3 => run_dev(&args[2]),
+        Some("--version") => println!("uvm-gcs {}", env!("CARGO_PKG_VERSION")),
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Development mode: an ordinary process serving a unix socket. It becomes a
+/// child subreaper, so orphans of its processes come back to its reaper as
+/// they would to PID 1.
+fn run_dev(socket: &str) {
+    let level = std::env::var("UVM_GCS_LOG").unwrap_or_else(|_| "info".into());
+    let lvl = level.parse().unwrap_or(tracing::Level::INFO);
+    let _sink = logging::init(&level, lvl);
+    install_panic_hook();
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) only changes this process's reaping behaviour.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot become a child subreaper");
+    }
+    let rt = runtime().unwrap_or_else(|e| {
+        eprintln!("uvm-gcs: cannot start the runtime: {e}");
+        std::process::exit(1);
+    });
+    let result = rt.block_on(async {
+        let reaper = Reaper::new();
+        tokio::spawn(reaper.clone().run());
+        server::serve_unix(Agent::new(reaper, Role::Process), socket.as_ref()).await
+    });
+    if let Err(e) = result {
+        eprintln!("uvm-gcs: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// PID 1: never returns; a failed step is logged and the agent carries on.
+fn run_init() -> ! {
+    std::env::set_var("PATH", init::DEFAULT_PATH);
+    let _ = std::fs::create_dir_all("/proc");
+    let _ = nix::mount::mount(Some("proc"), "/proc", Some("proc"), nix::mount::MsFlags::empty(), None::<&str>);
+    let cfg = Config::from_proc();
+    let sink = logging::init(&cfg.log_level, tracing::Level::WARN);
+    install_panic_hook();
+    init::mount_filesystems();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cfg, uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000, "uvm-gcs starting as PID 1");
+    if let Some(id) = &cfg.id {
+        init::set_hostname(id);
+    }
+    let reaper = Reaper::new();
+    let mut first = true;
+    loop {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match runtime() {
+            Ok(rt) => rt.block_on(init_main(&cfg, &sink, reaper.clone(), first)),
+            Err(e) => tracing::error!(error = %e, "cannot start the runtime"),
+        }));
+        if result.is_err() {
+            tracing::error!("agent main loop panicked; restarting it");
+        }
+        first = false;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+async fn init_main(cfg: &Config, sink: &LogSink, reaper: Reaper, first: bool) {
+    tokio::spawn(reaper.clone().run());
+    if first {
+        let n = init::load_modules();
+        let mut wanted = vec![cfg.gcs_port.as_str(), uvm_proto::ports::LOG];
+        if cfg.platform == Platform::Lcow {
+            wanted.push(uvm_proto::ports::ENTROPY);
+        }
+        let missing = ports::wait_for(&wanted, Duration::from_secs(5)).await;
+        if !missing.is_empty() {
+            tracing::warn!(modules = n, missing = ?missing, "virtio ports missing after waiting");
+        }
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .open(ports::find(uvm_proto::ports::LOG).unwrap_or_default())
+        {
+            Ok(port) => sink.attach(port),
+            Err(e) => tracing::warn!(error = %e, "cannot open the log port; logging to the console only"),
+        }
+        if cfg.platform == Platform::Lcow {
+            let n = uvm_proto::ports::ENTROPY_BYTES;
+            match ports::receive_entropy(uvm_proto::ports::ENTROPY, n, Duration::from_secs(5)).await {
+                Ok(()) => tracing::info!(bytes = n, "entropy credited"),
+                Err(e) => tracing::warn!(error = %e, "no entropy from the host"),
+            }
+        }
+        tracing::info!(uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000, dropped_log_lines = sink.dropped(), "agent ready");
+    }
+    let agent = Agent::new(reaper, Role::Init);
+    server::serve_port(agent, &cfg.gcs_port).await
+}

@@ -1,0 +1,227 @@
+//! The `Exec` stream: feeds stdin/signals/resizes to a process and streams
+//! its output, then its exit status.
+//!
+//! Output order is `started`, stdout/stderr chunks, `exited`. `exited` is sent
+//! after both output streams reached EOF, or, when something (a grandchild)
+//! keeps them open, after [`DRAIN_QUIET`] without data once the process exited.
+//! All channels are bounded, so a slow client slows the process down instead
+//! of growing buffers. A client that goes away gets its process killed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Status, Streaming};
+use uvm_proto::gcs::{exec_input, exec_output, exited, ExecInput, ExecOutput, Exited, Started};
+
+use crate::fdio::{FdIo, SharedFd};
+use crate::reaper::ExitKind;
+use crate::service::Shared;
+use crate::spawn::{self, Running};
+use crate::stacks::InFlightGuard;
+
+/// Largest stdout/stderr chunk.
+pub const CHUNK: usize = 64 << 10;
+/// Output messages buffered per exec before the process is slowed down.
+pub const OUTPUT_QUEUE: usize = 16;
+/// After exit, output streams still open are closed after this long without data.
+pub const DRAIN_QUIET: Duration = Duration::from_secs(2);
+
+/// Output stream of one exec.
+pub type ExecStream = ReceiverStream<Result<ExecOutput, Status>>;
+type Tx = mpsc::Sender<Result<ExecOutput, Status>>;
+
+fn summary(args: &[String]) -> String {
+    let mut s = args.join(" ");
+    if s.len() > 200 {
+        let mut cut = 200;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+/// Handles one `Exec` call: validates and spawns, then streams in a task.
+pub async fn exec_handler(shared: Arc<Shared>, mut input: Streaming<ExecInput>) -> Result<ExecStream, Status> {
+    let spec = match input.message().await? {
+        Some(ExecInput { msg: Some(exec_input::Msg::Start(spec)) }) => spec,
+        _ => return Err(Status::invalid_argument("the first Exec message must be `start`")),
+    };
+    let guard = shared.inflight.enter("Exec", summary(&spec.args), true);
+    let prepared = {
+        let defaults = shared.defaults.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let policy = shared.policy.read().unwrap_or_else(|e| e.into_inner());
+        spawn::prepare(&spec, &defaults, &policy)
+    };
+    let prepared = prepared.inspect_err(|s| tracing::info!(args = %summary(&spec.args), code = ?s.code(), error = s.message(), "exec rejected"))?;
+    let running = spawn::spawn(prepared, &shared.reaper)
+        .inspect_err(|s| tracing::warn!(args = %summary(&spec.args), error = s.message(), "exec failed"))?;
+    guard.set_pid(running.pid as u32);
+    tracing::info!(pid = running.pid, args = %summary(&spec.args), terminal = spec.terminal, "process started");
+    let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
+    let started = ExecOutput { msg: Some(exec_output::Msg::Started(Started { pid: running.pid as u32 })) };
+    // The channel is empty, so this cannot fail for lack of room.
+    let _ = tx.try_send(Ok(started));
+    tokio::spawn(drive(running, input, tx, guard));
+    Ok(ReceiverStream::new(rx))
+}
+
+async fn pump(fd: Arc<FdIo>, tx: Tx, stderr: bool, mut exited: watch::Receiver<bool>) {
+    let mut reader = SharedFd(fd);
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = *exited.borrow();
+    loop {
+        let n = if done {
+            match tokio::time::timeout(DRAIN_QUIET, reader.read(&mut buf)).await {
+                Ok(r) => r,
+                Err(_) => {
+                    tracing::debug!(stderr, "output still open after exit; closing it");
+                    break;
+                }
+            }
+        } else {
+            tokio::select! {
+                r = reader.read(&mut buf) => r,
+                _ = exited.changed() => { done = true; continue; }
+            }
+        };
+        let data = match n {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf[..n].to_vec(),
+        };
+        let msg = if stderr { exec_output::Msg::Stderr(data) } else { exec_output::Msg::Stdout(data) };
+        if tx.send(Ok(ExecOutput { msg: Some(msg) })).await.is_err() {
+            break;
+        }
+    }
+}
+
+enum InputEnd {
+    /// The client half-closed its side; no more input will come.
+    Closed,
+    /// The stream broke: the client is gone.
+    Broken,
+}
+
+async fn input_loop(mut input: Streaming<ExecInput>, stdin: Arc<FdIo>, pid: i32, terminal: bool) -> InputEnd {
+    // With pipes the writer must hold the only handle, so dropping it closes stdin.
+    let pty = terminal.then(|| stdin.clone());
+    let mut writer = Some(SharedFd(stdin));
+    loop {
+        let msg = match input.message().await {
+            Ok(Some(ExecInput { msg: Some(m) })) => m,
+            Ok(Some(_)) => continue,
+            Ok(None) => return InputEnd::Closed,
+            Err(e) => {
+                tracing::debug!(pid, error = %e, "exec input stream broke");
+                return InputEnd::Broken;
+            }
+        };
+        match msg {
+            exec_input::Msg::Stdin(data) => {
+                if let Some(w) = writer.as_mut() {
+                    if w.write_all(&data).await.is_err() {
+                        writer = None;
+                    }
+                }
+            }
+            exec_input::Msg::CloseStdin(_) if terminal => {
+                // Closing a pty master would hang up the session: send EOF (^D) instead.
+                if let Some(w) = writer.as_mut() {
+                    let _ = w.write_all(&[4]).await;
+                }
+            }
+            exec_input::Msg::CloseStdin(_) => writer = None,
+            exec_input::Msg::Signal(s) => match Signal::try_from(s.signal) {
+                Ok(sig) => {
+                    tracing::debug!(pid, signal = s.signal, "signalling process");
+                    let _ = kill(Pid::from_raw(pid), sig);
+                }
+                Err(_) => tracing::warn!(pid, signal = s.signal, "ignoring invalid signal number"),
+            },
+            exec_input::Msg::Resize(w) => {
+                if let Some(pty) = &pty {
+                    spawn::set_window(pty.raw_fd(), &w);
+                }
+            }
+            exec_input::Msg::Start(_) => tracing::warn!(pid, "ignoring a second `start` message"),
+        }
+        if writer.is_none() && !terminal {
+            // Dropping the last pipe handle closes the child's stdin.
+            return drain_control(input, pid).await;
+        }
+    }
+}
+
+/// After stdin is closed, keeps handling signals until the stream ends.
+async fn drain_control(mut input: Streaming<ExecInput>, pid: i32) -> InputEnd {
+    loop {
+        match input.message().await {
+            Ok(Some(ExecInput { msg: Some(exec_input::Msg::Signal(s)) })) => {
+                if let Ok(sig) = Signal::try_from(s.signal) {
+                    let _ = kill(Pid::from_raw(pid), sig);
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return InputEnd::Closed,
+            Err(_) => return InputEnd::Broken,
+        }
+    }
+}
+
+async fn drive(running: Running, input: Streaming<ExecInput>, tx: Tx, guard: InFlightGuard) {
+    let Running { pid, stdin, stdout, stderr, terminal, mut exit } = running;
+    let (exited_tx, exited_rx) = watch::channel(false);
+    let mut pumps = vec![tokio::spawn(pump(stdout, tx.clone(), false, exited_rx.clone()))];
+    if let Some(err) = stderr {
+        pumps.push(tokio::spawn(pump(err, tx.clone(), true, exited_rx)));
+    }
+    let mut input_task = tokio::spawn(input_loop(input, stdin, pid, terminal));
+    let mut input_done = false;
+    let status = loop {
+        tokio::select! {
+            status = &mut exit => break status.ok(),
+            _ = tx.closed() => break None,
+            end = &mut input_task, if !input_done => {
+                input_done = true;
+                if matches!(end, Ok(InputEnd::Broken) | Err(_)) {
+                    break None;
+                }
+            }
+        }
+    };
+    let Some(status) = status else {
+        // The client went away: kill the process (and its group) and reap it.
+        tracing::info!(pid, "exec client went away; killing the process");
+        let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(10), exit).await;
+        input_task.abort();
+        pumps.iter().for_each(|p| p.abort());
+        drop(guard);
+        return;
+    };
+    let _ = exited_tx.send(true);
+    let all_pumps = futures::future::join_all(pumps.iter_mut());
+    tokio::select! {
+        _ = all_pumps => {}
+        _ = tx.closed() => {}
+    }
+    pumps.iter().for_each(|p| p.abort());
+    input_task.abort();
+    tracing::info!(pid, status = ?status, "process exited");
+    let status = match status {
+        ExitKind::Code(c) => exited::Status::ExitCode(c),
+        ExitKind::Signal(s) => exited::Status::Signal(s),
+    };
+    let msg = ExecOutput { msg: Some(exec_output::Msg::Exited(Exited { status: Some(status) })) };
+    let _ = tx.send(Ok(msg)).await;
+    drop(guard);
+}

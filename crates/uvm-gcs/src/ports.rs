@@ -1,0 +1,72 @@
+//! virtio-serial ports: lookup by name, entropy.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+
+use crate::fdio::FdIo;
+
+const PORTS_DIR: &str = "/sys/class/virtio-ports";
+
+/// Device path (`/dev/vportNpM`) of the port named `name`, if present.
+pub fn find(name: &str) -> Option<PathBuf> {
+    for entry in std::fs::read_dir(PORTS_DIR).ok()?.flatten() {
+        let port_name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+        if port_name.trim().eq_ignore_ascii_case(name) {
+            return Some(PathBuf::from("/dev").join(entry.file_name()));
+        }
+    }
+    None
+}
+
+/// Waits (bounded) until every port in `names` exists; returns the missing ones.
+pub async fn wait_for(names: &[&str], timeout: Duration) -> Vec<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing: Vec<String> =
+            names.iter().filter(|n| find(n).is_none_or(|p| !p.exists())).map(|n| n.to_string()).collect();
+        if missing.is_empty() || Instant::now() >= deadline {
+            return missing;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Opens the port named `name`.
+pub fn open(name: &str) -> io::Result<FdIo> {
+    let path = find(name).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no virtio port named {name}")))?;
+    FdIo::open_rw(&path)
+}
+
+/// `RNDADDENTROPY` = `_IOW('R', 0x03, int[2])`.
+const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+
+/// Credits `bytes` to the kernel entropy pool through `/dev/urandom`.
+pub fn credit_entropy(bytes: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+    let mut info = Vec::with_capacity(8 + bytes.len());
+    info.extend_from_slice(&((bytes.len() * 8) as i32).to_ne_bytes());
+    info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
+    info.extend_from_slice(bytes);
+    let urandom = std::fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    // SAFETY: `info` is a valid rand_pool_info: the header is followed by exactly
+    // `buf_size` bytes, and the buffer outlives the call.
+    let rc = unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads exactly `n` bytes from the entropy port (bounded by `timeout`) and credits them.
+pub async fn receive_entropy(name: &str, n: usize, timeout: Duration) -> io::Result<()> {
+    let mut port = open(name)?;
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(timeout, port.read_exact(&mut buf))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for entropy"))??;
+    credit_entropy(&buf)
+}

@@ -1,0 +1,68 @@
+//! Serving the GCS over a virtio-serial port (forever) or a unix socket.
+
+use std::io;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::Server;
+
+use crate::fdio::DropNotify;
+use crate::service::Agent;
+
+/// Serves one connection over `io` until the peer goes away or sends garbage.
+pub async fn serve_connection<IO>(agent: Agent, io: IO) -> Result<(), tonic::transport::Error>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (io, gone) = DropNotify::new(io);
+    // tonic serves each connection in a detached task; the drop notification
+    // tells us when that connection is over.
+    let incoming = futures::stream::once(async { Ok::<_, io::Error>(io) }).chain(futures::stream::pending());
+    Server::builder()
+        .add_service(agent.into_server())
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = gone.await;
+        })
+        .await
+}
+
+/// Serves the GCS on the virtio-serial port `name`, reopening it whenever the
+/// connection ends (bounded exponential backoff). Never returns.
+pub async fn serve_port(agent: Agent, name: &str) -> ! {
+    const MIN_BACKOFF: Duration = Duration::from_millis(20);
+    const MAX_BACKOFF: Duration = Duration::from_secs(2);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let started = Instant::now();
+        match crate::ports::open(name) {
+            Ok(io) => {
+                tracing::info!(port = name, "serving GCS");
+                match serve_connection(agent.clone(), io).await {
+                    Ok(()) => tracing::warn!(port = name, "GCS connection ended; reopening"),
+                    Err(e) => tracing::warn!(port = name, error = %e, "GCS connection failed; reopening"),
+                }
+            }
+            Err(e) => tracing::warn!(port = name, error = %e, "cannot open GCS port"),
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = MIN_BACKOFF;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Serves the GCS on a unix socket at `path` (development and tests); each
+/// accepted connection is served independently.
+pub async fn serve_unix(agent: Agent, path: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
+    tracing::info!(socket = %path.display(), "serving GCS on a unix socket");
+    Server::builder()
+        .add_service(agent.into_server())
+        .serve_with_incoming(UnixListenerStream::new(listener))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! The `uvm.gcs.v1.Gcs` gRPC service.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tonic::{Request, Response, Status, Streaming};
+use uvm_proto::gcs::gcs_server::{Gcs, GcsServer};
+use uvm_proto::gcs::{
+    shutdown_request, Capabilities, DumpStacksRequest, DumpStacksResponse, ExecInput, GuestStats, HvSocketAddress,
+    NegotiateRequest, NegotiateResponse, SecurityPolicy, SetSecurityPolicyResponse, ShutdownRequest, ShutdownResponse,
+    StatsRequest, UpdateHvSocketAddressResponse,
+};
+use uvm_proto::PROTOCOL_VERSION;
+
+use crate::exec::{exec_handler, ExecStream};
+use crate::policy::Policy;
+use crate::reaper::Reaper;
+use crate::spawn::ProcessDefaults;
+use crate::stacks::InFlight;
+
+/// How the agent runs, which decides what `Shutdown` and `Negotiate` may touch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// PID 1 of a UVM: sets the hostname, powers the machine off.
+    Init,
+    /// An ordinary process (tests, development): `Shutdown` just exits.
+    Process,
+}
+
+/// State shared by every request.
+pub struct Shared {
+    /// The single owner of `waitpid`.
+    pub reaper: Reaper,
+    /// In-flight requests, for `DumpStacks`.
+    pub inflight: InFlight,
+    /// The enforced security policy.
+    pub policy: RwLock<Policy>,
+    /// Environment defaults from `Negotiate`.
+    pub defaults: RwLock<ProcessDefaults>,
+    /// The host's HvSocket address (WCOW finalize step; informational on Linux).
+    pub hv_socket: Mutex<Option<HvSocketAddress>>,
+    /// How the agent runs.
+    pub role: Role,
+}
+
+/// The GCS service; cheap to clone.
+#[derive(Clone)]
+pub struct Agent {
+    shared: Arc<Shared>,
+}
+
+impl Agent {
+    /// A new agent using `reaper` (whose task the caller runs).
+    pub fn new(reaper: Reaper, role: Role) -> Self {
+        let shared = Shared {
+            reaper,
+            inflight: InFlight::default(),
+            policy: RwLock::new(Policy::AllowAll),
+            defaults: RwLock::new(ProcessDefaults::default()),
+            hv_socket: Mutex::new(None),
+            role,
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    /// The tonic service wrapping this agent.
+    pub fn into_server(self) -> GcsServer<Agent> {
+        GcsServer::new(self).max_decoding_message_size(8 << 20)
+    }
+}
+
+fn kernel_release() -> String {
+    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl Gcs for Agent {
+    async fn negotiate(&self, request: Request<NegotiateRequest>) -> Result<Response<NegotiateResponse>, Status> {
+        let req = request.into_inner();
+        if !(req.min_version <= PROTOCOL_VERSION && PROTOCOL_VERSION <= req.max_version) {
+            return Err(Status::failed_precondition(format!(
+                "no common protocol version: host speaks {}..={}, agent speaks {PROTOCOL_VERSION}",
+                req.min_version, req.max_version
+            )));
+        }
+        if let Some(state) = req.initial_state {
+            let mut defaults = ProcessDefaults {
+                timezone: (!state.timezone.is_empty()).then_some(state.timezone),
+                env: Vec::new(),
+            };
+            for entry in state.env {
+                if !entry.contains('=') || entry.starts_with('=') {
+                    return Err(Status::invalid_argument(format!("malformed environment entry {entry:?}")));
+                }
+                defaults.env.push(entry);
+            }
+            if !state.hostname.is_empty() {
+                match self.shared.role {
+                    Role::Init => crate::init::set_hostname(&state.hostname),
+                    Role::Process => tracing::info!(hostname = %state.hostname, "not PID 1: hostname not changed"),
+                }
+            }
+            *self.shared.defaults.write().unwrap_or_else(|e| e.into_inner()) = defaults;
+        }
+        tracing::info!(version = PROTOCOL_VERSION, "negotiated");
+        Ok(Response::new(NegotiateResponse {
+            version: PROTOCOL_VERSION,
+            capabilities: Some(Capabilities {
+                dump_stacks: true,
+                terminal: true,
+                signals: true,
+                stats: true,
+                security_policy: true,
+                shutdown: true,
+            }),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            kernel_release: kernel_release(),
+            uptime_ns: crate::stats::uptime_ns(),
+        }))
+    }
+
+    type ExecStream = ExecStream;
+
+    async fn exec(&self, request: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
+        exec_handler(self.shared.clone(), request.into_inner()).await.map(Response::new)
+    }
+
+    async fn dump_stacks(&self, _: Request<DumpStacksRequest>) -> Result<Response<DumpStacksResponse>, Status> {
+        let _guard = self.shared.inflight.enter("DumpStacks", String::new(), false);
+        let inflight = self.shared.inflight.clone();
+        let stacks = tokio::task::spawn_blocking(move || crate::stacks::dump(&inflight))
+            .await
+            .map_err(|e| Status::internal(format!("dump failed: {e}")))?;
+        Ok(Response::new(DumpStacksResponse { stacks }))
+    }
+
+    async fn stats(&self, _: Request<StatsRequest>) -> Result<Response<GuestStats>, Status> {
+        let stats = tokio::task::spawn_blocking(crate::stats::collect)
+            .await
+            .map_err(|e| Status::internal(format!("stats failed: {e}")))?;
+        Ok(Response::new(stats))
+    }
+
+    async fn set_security_policy(&self, request: Request<SecurityPolicy>) -> Result<Response<SetSecurityPolicyResponse>, Status> {
+        let policy = Policy::from(request.into_inner());
+        tracing::info!(policy = ?policy, "security policy set");
+        *self.shared.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        Ok(Response::new(SetSecurityPolicyResponse {}))
+    }
+
+    async fn update_hv_socket_address(
+        &self,
+        request: Request<HvSocketAddress>,
+    ) -> Result<Response<UpdateHvSocketAddressResponse>, Status> {
+        let addr = request.into_inner();
+        tracing::info!(local = %addr.local_address, parent = %addr.parent_address, "HvSocket address updated (no effect on Linux)");
+        *self.shared.hv_socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+        Ok(Response::new(UpdateHvSocketAddressResponse {}))
+    }
+
+    async fn shutdown(&self, request: Request<ShutdownRequest>) -> Result<Response<ShutdownResponse>, Status> {
+        let reboot = request.into_inner().mode == shutdown_request::Mode::Reboot as i32;
+        tracing::info!(reboot, "shutdown requested");
+        let role = self.shared.role;
+        tokio::spawn(async move {
+            // Let the response reach the host first.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            match role {
+                Role::Init => {
+                    let _ = tokio::task::spawn_blocking(move || crate::init::power_off(reboot)).await;
+                }
+                Role::Process => std::process::exit(0),
+            }
+        });
+        Ok(Response::new(ShutdownResponse {}))
+    }
+}
