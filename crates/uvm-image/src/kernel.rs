@@ -1,0 +1,262 @@
+//! Guest kernels: the tuned one built by `guest/kernel/build.sh`, the stock
+//! distro one from `/boot`, or any file given by path.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::UNIX_EPOCH;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// `guest/kernel/build.sh`, embedded so the build works from any directory.
+pub const BUILD_SCRIPT: &str = include_str!("../../../guest/kernel/build.sh");
+/// `guest/kernel/uvm.config`, the config fragment of the tuned kernel.
+pub const CONFIG_FRAGMENT: &str = include_str!("../../../guest/kernel/uvm.config");
+/// Base command line for the tuned kernel on `-M microvm` (`guest/kernel/cmdline`).
+pub const TUNED_CMDLINE: &str = include_str!("../../../guest/kernel/cmdline");
+/// Base command line for a stock kernel on `-M q35`.
+pub const STOCK_CMDLINE: &str = "console=ttyS0 panic=-1 quiet no_timer_check tsc=reliable i8042.noaux i8042.nokbd i8042.nopnp";
+/// Default kernel source tarball (`UVM_KERNEL_SOURCE` overrides it).
+pub const DEFAULT_KERNEL_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
+
+/// Which kernel a guest boots.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KernelKind {
+    /// The tuned vmlinux from `guest/kernel/` (built and cached on demand).
+    Tuned,
+    /// The distro kernel from `/boot` with its virtio modules in the initramfs.
+    Stock,
+    /// A kernel file: an ELF vmlinux (PVH, microvm) or a bzImage (q35).
+    Path(PathBuf),
+}
+
+/// The QEMU machine an image is meant for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MachineHint {
+    /// `-M microvm`: ELF vmlinux booted through its PVH entry, virtio-mmio.
+    Microvm,
+    /// `-M q35`: bzImage, virtio-pci.
+    Q35,
+}
+
+/// What a kernel file is, from its first bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// An ELF vmlinux.
+    Elf,
+    /// An x86 bzImage, with the release read from its setup header if present.
+    BzImage {
+        /// Kernel release (`6.1.0-56-cloud-amd64`), when readable.
+        release: Option<String>,
+    },
+}
+
+fn kernel_source() -> PathBuf {
+    std::env::var_os("UVM_KERNEL_SOURCE").map_or_else(|| PathBuf::from(DEFAULT_KERNEL_SOURCE), PathBuf::from)
+}
+
+/// Identity of the source tarball as `build.sh` computes it: `name:size:mtime`.
+fn source_identity(path: &Path) -> Result<String> {
+    let md = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::KernelSourceMissing { path: path.to_owned() },
+        _ => Error::io("stat", path, e),
+    })?;
+    let mtime = md.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(format!("{name}:{}:{mtime}", md.len()))
+}
+
+/// The hash `build.sh` names its output directory with.
+pub(crate) fn tuned_hash(fragment: &str, script: &str, source_id: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(fragment.as_bytes());
+    h.update(script.as_bytes());
+    h.update(source_id.as_bytes());
+    h.update(b"\n");
+    crate::short_hex(&h.finalize())
+}
+
+/// Where `build.sh` puts (or has put) the tuned vmlinux:
+/// `<cache>/kernel/<hash>/vmlinux`. Errors only if the kernel source is missing.
+pub fn tuned_kernel_location() -> Result<PathBuf> {
+    let id = source_identity(&kernel_source())?;
+    let hash = tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, &id);
+    Ok(crate::cache_dir().join("kernel").join(hash).join("vmlinux"))
+}
+
+/// The tuned vmlinux if it has been built already.
+pub fn tuned_kernel_path() -> Option<PathBuf> {
+    tuned_kernel_location().ok().filter(|p| p.is_file())
+}
+
+/// Builds the tuned kernel if needed (minutes) and returns its path. Each
+/// line of build output is passed to `progress`. Cached: when it exists,
+/// this costs only a hash.
+pub fn build_tuned_kernel(progress: &dyn Fn(&str)) -> Result<PathBuf> {
+    if let Some(p) = tuned_kernel_path() {
+        return Ok(p);
+    }
+    let source = kernel_source();
+    source_identity(&source)?;
+    let dir = tempfile::Builder::new().prefix("uvm-kernel-build").tempdir().map_err(|e| Error::io("create", std::env::temp_dir(), e))?;
+    let script = dir.path().join("build.sh");
+    let fragment = dir.path().join("uvm.config");
+    std::fs::write(&script, BUILD_SCRIPT).map_err(|e| Error::io("write", &script, e))?;
+    std::fs::write(&fragment, CONFIG_FRAGMENT).map_err(|e| Error::io("write", &fragment, e))?;
+    tracing::info!(source = %source.display(), "building the tuned guest kernel (several minutes)");
+    let mut child = Command::new("bash")
+        .arg(&script)
+        .env("UVM_CACHE_DIR", crate::cache_dir())
+        .env("UVM_KERNEL_SOURCE", &source)
+        .env("UVM_KERNEL_FRAGMENT", &fragment)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| Error::Spawn { program: "bash guest/kernel/build.sh".into(), source })?;
+    let mut tail = std::collections::VecDeque::with_capacity(40);
+    if let Some(err) = child.stderr.take() {
+        for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
+            progress(&line);
+            if tail.len() == 40 {
+                tail.pop_front();
+            }
+            tail.push_back(line);
+        }
+    }
+    let mut out = String::new();
+    if let Some(mut o) = child.stdout.take() {
+        let _ = o.read_to_string(&mut out);
+    }
+    let status = child.wait().map_err(|source| Error::Spawn { program: "bash guest/kernel/build.sh".into(), source })?;
+    let tail = Vec::from(tail).join("\n");
+    let path = out.lines().last().map(PathBuf::from);
+    match path {
+        Some(p) if status.success() && p.is_file() => Ok(p),
+        _ => Err(Error::KernelBuild { status, tail }),
+    }
+}
+
+/// Finds the stock kernel in `/boot`: the running kernel's `vmlinuz` if there
+/// is one, else the newest `vmlinuz-*` by version. Returns the path and release.
+pub fn stock_kernel() -> Result<(PathBuf, String)> {
+    stock_kernel_in(Path::new("/boot"), std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().as_deref())
+}
+
+fn stock_kernel_in(boot: &Path, running: Option<&str>) -> Result<(PathBuf, String)> {
+    let not_found = || Error::StockKernelNotFound { dir: boot.to_owned() };
+    let mut releases: Vec<String> = std::fs::read_dir(boot)
+        .map_err(|_| not_found())?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_owned))
+        .collect();
+    if let Some(r) = running.map(str::trim).filter(|r| releases.iter().any(|x| x == r)) {
+        return Ok((boot.join(format!("vmlinuz-{r}")), r.to_owned()));
+    }
+    releases.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    let r = releases.pop().ok_or_else(not_found)?;
+    Ok((boot.join(format!("vmlinuz-{r}")), r))
+}
+
+/// Splits a release into numeric and text chunks so `6.10` sorts after `6.9`.
+fn version_key(s: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits > 0 {
+            out.push((rest[..digits].parse().unwrap_or(u64::MAX), String::new()));
+            rest = &rest[digits..];
+        } else {
+            let text = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            out.push((0, rest[..text].to_owned()));
+            rest = &rest[text..];
+        }
+    }
+    out
+}
+
+/// Tells an ELF vmlinux from a bzImage by its header.
+pub fn kernel_format(path: &Path) -> Result<KernelFormat> {
+    let data = std::fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    Ok(kernel_format_of(&data))
+}
+
+pub(crate) fn kernel_format_of(b: &[u8]) -> KernelFormat {
+    if b.starts_with(b"\x7fELF") {
+        return KernelFormat::Elf;
+    }
+    // x86 boot protocol: "HdrS" at 0x202; kernel_version (u16) at 0x20e points
+    // to a NUL-terminated string at 0x200 + value: "6.1.0-56-cloud-amd64 (...)".
+    let release = (b.len() > 0x210 && &b[0x202..0x206] == b"HdrS")
+        .then(|| 0x200 + u16::from_le_bytes([b[0x20e], b[0x20f]]) as usize)
+        .and_then(|o| b.get(o..))
+        .and_then(|s| s.split(|c| *c == 0 || *c == b' ').next())
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned);
+    KernelFormat::BzImage { release }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_matches_build_script() {
+        // Same bytes as the script: sha256(fragment + script + "id\n"), 16 hex.
+        let dir = tempfile::tempdir().unwrap();
+        let (f, s) = (dir.path().join("uvm.config"), dir.path().join("build.sh"));
+        std::fs::write(&f, "CONFIG_X=y\n").unwrap();
+        std::fs::write(&s, "#!/bin/sh\n").unwrap();
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("{ cat \"$1\"; cat \"$2\"; printf '%s\\n' 'src.tar.xz:1:2'; } | sha256sum | cut -c1-16")
+            .args(["sh", f.to_str().unwrap(), s.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let expect = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(tuned_hash("CONFIG_X=y\n", "#!/bin/sh\n", "src.tar.xz:1:2"), expect.trim());
+    }
+
+    #[test]
+    fn cache_key_changes_with_inputs() {
+        let base = tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, "a:1:2");
+        assert_eq!(base.len(), 16);
+        assert_ne!(base, tuned_hash(&format!("{CONFIG_FRAGMENT}CONFIG_Y=y\n"), BUILD_SCRIPT, "a:1:2"));
+        assert_ne!(base, tuned_hash(CONFIG_FRAGMENT, &format!("{BUILD_SCRIPT}#\n"), "a:1:2"));
+        assert_ne!(base, tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, "a:1:3"));
+    }
+
+    #[test]
+    fn stock_kernel_prefers_running_then_newest() {
+        let dir = tempfile::tempdir().unwrap();
+        for r in ["6.1.0-9-cloud-amd64", "6.1.0-10-cloud-amd64", "5.10.0-30-amd64"] {
+            std::fs::write(dir.path().join(format!("vmlinuz-{r}")), b"").unwrap();
+        }
+        std::fs::write(dir.path().join("config-6.2.0"), b"").unwrap();
+        let (p, r) = stock_kernel_in(dir.path(), Some("5.10.0-30-amd64\n")).unwrap();
+        assert_eq!((p, r.as_str()), (dir.path().join("vmlinuz-5.10.0-30-amd64"), "5.10.0-30-amd64"));
+        let (_, r) = stock_kernel_in(dir.path(), Some("6.18.0-other")).unwrap();
+        assert_eq!(r, "6.1.0-10-cloud-amd64");
+        let empty = tempfile::tempdir().unwrap();
+        let err = stock_kernel_in(empty.path(), None).unwrap_err().to_string();
+        assert!(err.contains("apt-get install linux-image-cloud-amd64"), "{err}");
+    }
+
+    #[test]
+    fn detects_kernel_formats() {
+        assert_eq!(kernel_format_of(b"\x7fELF\x02\x01rest"), KernelFormat::Elf);
+        let mut bz = vec![0u8; 0x400];
+        bz[0x202..0x206].copy_from_slice(b"HdrS");
+        bz[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+        bz[0x300..0x318].copy_from_slice(b"6.1.0-56-cloud-amd64 (d)");
+        assert_eq!(kernel_format_of(&bz), KernelFormat::BzImage { release: Some("6.1.0-56-cloud-amd64".into()) });
+        if let Ok((p, r)) = stock_kernel() {
+            if let Ok(KernelFormat::BzImage { release: Some(found) }) = kernel_format(&p) {
+                assert_eq!(found, r);
+            }
+        }
+    }
+}
