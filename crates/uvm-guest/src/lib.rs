@@ -1,1 +1,39 @@
-//! uvm-guest (being built).
+//! Host side of the guest connection ("guestmanager").
+//!
+//! A Utility VM talks to its host over a few byte channels (DESIGN §6), each a
+//! unix socket on the host bound by the VM backend:
+//!
+//! * `gcs`: gRPC (`uvm.gcs.v1.Gcs`) with the agent; the host is the HTTP/2
+//!   client over that single stream ([`Guest`]).
+//! * `log`: the agent's JSON log lines, re-emitted as `tracing` events
+//!   ([`relay_logs`]).
+//! * `entropy` (LCOW): 512 random bytes for the guest's pool ([`send_entropy`]).
+//!
+//! [`Guest`] offers the handshake ([`Guest::negotiate`] with [`ConfigOption`]s),
+//! the security policy ([`ConfidentialOptions`]), a streaming exec API
+//! ([`Guest::spawn`] → [`Process`]), exec with host stdio paths
+//! ([`Guest::exec_with_paths`]), dump stacks, stats and shutdown.
+#![warn(missing_docs)]
+
+mod channels;
+mod config;
+mod error;
+mod exec_paths;
+mod guest;
+mod logs;
+mod process;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+
+pub use channels::{channel_set, ENTROPY_ROLE, GCS_ROLE, LOG_ROLE};
+pub use config::{
+    initial_state, ConfidentialOptions, ConfigOption, InitialState, SecurityPolicy, ShutdownMode,
+};
+pub use error::GuestError;
+pub use exec_paths::{ExecRequest, FIFO_OPEN_TIMEOUT};
+pub use guest::{GcsIo, Guest, Negotiated, DEFAULT_RPC_TIMEOUT};
+pub use logs::{relay_logs, send_entropy, MAX_LOG_LINE};
+pub use process::{ExitOutcome, Process, ProcessOutput, ProcessSpec, ProcessStdin};
+pub use uvm_proto::gcs::{Capabilities, GuestStats};

@@ -1,0 +1,164 @@
+//! Errors of the guest connection.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Errors talking to the guest agent (GCS).
+///
+/// gRPC statuses from the agent are mapped to typed variants following the
+/// status-code contract of `gcs.proto`; [`GuestError::code`] maps back.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestError {
+    /// No GCS connection has been established yet.
+    #[error("guest connection not established")]
+    NotConnected,
+    /// The connection was closed on the host side ([`crate::Guest::close`]).
+    #[error("guest connection closed")]
+    Closed,
+    /// The GCS listener was already consumed by an earlier connect.
+    #[error("GCS listener already used")]
+    ListenerUsed,
+    /// Accepting the GCS connection failed.
+    #[error("accepting the GCS connection")]
+    Accept(#[source] std::io::Error),
+    /// Building the gRPC channel over the accepted stream failed.
+    #[error("setting up gRPC over the GCS stream")]
+    Transport(#[source] tonic::transport::Error),
+    /// A bounded wait ran out.
+    #[error("{op} timed out after {timeout:?}")]
+    Timeout {
+        /// The operation.
+        op: &'static str,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// The guest speaks no protocol version in our range.
+    #[error("guest protocol version {guest} outside supported range {min}..={max}")]
+    Version {
+        /// Version the guest answered with.
+        guest: u32,
+        /// Lowest version we accept.
+        min: u32,
+        /// Highest version we accept.
+        max: u32,
+    },
+    /// The executable does not exist in the guest (gRPC NOT_FOUND, CLI 127).
+    #[error("command not found: {message}")]
+    CommandNotFound {
+        /// The agent's message.
+        message: String,
+    },
+    /// The executable exists but cannot be executed (gRPC PERMISSION_DENIED, CLI 126).
+    #[error("not executable: {message}")]
+    NotExecutable {
+        /// The agent's message.
+        message: String,
+    },
+    /// The guest's security policy denied the request (gRPC FAILED_PRECONDITION).
+    #[error("denied by policy: {message}")]
+    DeniedByPolicy {
+        /// The agent's message.
+        message: String,
+    },
+    /// The request was malformed (gRPC INVALID_ARGUMENT).
+    #[error("invalid argument: {message}")]
+    InvalidArgument {
+        /// The agent's message.
+        message: String,
+    },
+    /// A host-side precondition of the request does not hold (checked before any I/O).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(&'static str),
+    /// Any other gRPC failure of `op` (transport errors included).
+    #[error("{op} failed")]
+    Rpc {
+        /// The RPC.
+        op: &'static str,
+        /// The status.
+        #[source]
+        status: tonic::Status,
+    },
+    /// The agent broke the protocol (e.g. an exec stream without `started`).
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// Host-side I/O on a relayed path failed.
+    #[error("{context} {}", path.display())]
+    Io {
+        /// What we were doing.
+        context: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl GuestError {
+    /// Maps a gRPC status of RPC `op` to the typed error (gcs.proto contract).
+    pub fn from_status(op: &'static str, status: tonic::Status) -> Self {
+        let message = status.message().to_string();
+        match status.code() {
+            tonic::Code::NotFound if op == "exec" => GuestError::CommandNotFound { message },
+            tonic::Code::PermissionDenied if op == "exec" => GuestError::NotExecutable { message },
+            tonic::Code::FailedPrecondition => GuestError::DeniedByPolicy { message },
+            tonic::Code::InvalidArgument => GuestError::InvalidArgument { message },
+            _ => GuestError::Rpc { op, status },
+        }
+    }
+
+    /// The gRPC code this error corresponds to.
+    pub fn code(&self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            GuestError::NotConnected | GuestError::Closed | GuestError::ListenerUsed => {
+                Code::Unavailable
+            }
+            GuestError::Accept(_) | GuestError::Transport(_) => Code::Unavailable,
+            GuestError::Timeout { .. } => Code::DeadlineExceeded,
+            GuestError::Version { .. } => Code::Unimplemented,
+            GuestError::CommandNotFound { .. } => Code::NotFound,
+            GuestError::NotExecutable { .. } => Code::PermissionDenied,
+            GuestError::DeniedByPolicy { .. } | GuestError::FailedPrecondition(_) => {
+                Code::FailedPrecondition
+            }
+            GuestError::InvalidArgument { .. } => Code::InvalidArgument,
+            GuestError::Rpc { status, .. } => status.code(),
+            GuestError::Protocol(_) => Code::Internal,
+            GuestError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Code::NotFound
+            }
+            GuestError::Io { .. } => Code::Internal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::{Code, Status};
+
+    #[test]
+    fn exec_statuses_map_to_typed_errors_and_back() {
+        let cases = [
+            (Code::NotFound, Code::NotFound),
+            (Code::PermissionDenied, Code::PermissionDenied),
+            (Code::FailedPrecondition, Code::FailedPrecondition),
+            (Code::InvalidArgument, Code::InvalidArgument),
+            (Code::Unavailable, Code::Unavailable),
+        ];
+        for (input, back) in cases {
+            let e = GuestError::from_status("exec", Status::new(input, "x"));
+            assert_eq!(e.code(), back, "{e:?}");
+        }
+        assert!(matches!(
+            GuestError::from_status("exec", Status::not_found("ls")),
+            GuestError::CommandNotFound { .. }
+        ));
+        assert!(matches!(
+            GuestError::from_status("stats", Status::not_found("x")),
+            GuestError::Rpc { .. }
+        ));
+    }
+}

@@ -1,0 +1,315 @@
+//! [`Guest`]: the host end of one VM's GCS connection.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+use uvm_proto::gcs::{self, gcs_client::GcsClient};
+
+use crate::config::{
+    initial_state, ConfidentialOptions, ConfigOption, SecurityPolicy, ShutdownMode,
+};
+use crate::GuestError;
+
+/// Default bound of a single control RPC (stats, policy, shutdown...).
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Any byte stream the GCS can run over (a unix socket, an in-memory pipe).
+pub trait GcsIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> GcsIo for T {}
+
+/// What the handshake established.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Negotiated {
+    /// Agreed protocol version.
+    pub version: u32,
+    /// Guest capabilities.
+    pub capabilities: gcs::Capabilities,
+    /// Agent version string.
+    pub agent_version: String,
+    /// Guest kernel release.
+    pub kernel_release: String,
+}
+
+/// The host side of a VM's guest connection (hcsshim's `guestmanager.Guest`).
+///
+/// Built around the GCS listener of the VM; [`Guest::connect`] accepts the one
+/// connection and runs gRPC over it, [`Guest::negotiate`] does the handshake.
+/// Every RPC is bounded and fails promptly with [`GuestError::Closed`] once
+/// [`Guest::close`] was called.
+pub struct Guest {
+    vm_id: String,
+    listener: tokio::sync::Mutex<Option<UnixListener>>,
+    client: Mutex<Option<GcsClient<Channel>>>,
+    negotiated: Mutex<Option<Negotiated>>,
+    closed: CancellationToken,
+    rpc_timeout: Duration,
+}
+
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guest")
+            .field("vm_id", &self.vm_id)
+            .field("connected", &self.is_connected())
+            .field("closed", &self.closed.is_cancelled())
+            .finish()
+    }
+}
+
+impl Guest {
+    /// A guest for VM `vm_id` whose GCS connection will arrive on `listener`
+    /// (None: attach a stream later with [`Guest::attach`]).
+    pub fn new(vm_id: impl Into<String>, listener: Option<UnixListener>) -> Self {
+        Guest {
+            vm_id: vm_id.into(),
+            listener: tokio::sync::Mutex::new(listener),
+            client: Mutex::new(None),
+            negotiated: Mutex::new(None),
+            closed: CancellationToken::new(),
+            rpc_timeout: DEFAULT_RPC_TIMEOUT,
+        }
+    }
+
+    /// Overrides the bound of control RPCs (default [`DEFAULT_RPC_TIMEOUT`]).
+    pub fn with_rpc_timeout(mut self, timeout: Duration) -> Self {
+        self.rpc_timeout = timeout;
+        self
+    }
+
+    /// The VM id.
+    pub fn vm_id(&self) -> &str {
+        &self.vm_id
+    }
+
+    /// Whether a gRPC client is set up (and not closed).
+    pub fn is_connected(&self) -> bool {
+        !self.closed.is_cancelled() && lock(&self.client).is_some()
+    }
+
+    /// The handshake result, once negotiated.
+    pub fn negotiated(&self) -> Option<Negotiated> {
+        lock(&self.negotiated).clone()
+    }
+
+    /// Guest capabilities, once negotiated.
+    pub fn capabilities(&self) -> Option<gcs::Capabilities> {
+        self.negotiated().map(|n| n.capabilities)
+    }
+
+    /// Accepts the GCS connection within `timeout` and sets up the gRPC client
+    /// over it. Cancel-safe: dropping it before the accept leaves the listener
+    /// in place for a later call.
+    pub async fn connect(&self, timeout: Duration) -> Result<(), GuestError> {
+        let stream = {
+            let mut slot = self.listener.lock().await;
+            let listener = slot.as_ref().ok_or(GuestError::ListenerUsed)?;
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(timeout, listener.accept()) => r,
+                _ = self.closed.cancelled() => return Err(GuestError::Closed),
+            };
+            let (stream, _) = accepted
+                .map_err(|_| GuestError::Timeout {
+                    op: "GCS connect",
+                    timeout,
+                })?
+                .map_err(GuestError::Accept)?;
+            *slot = None;
+            stream
+        };
+        self.attach(stream).await
+    }
+
+    /// Sets up the gRPC client over an already-connected stream. The channel
+    /// uses exactly this stream: it never reconnects (a second connector call fails).
+    pub async fn attach<S: GcsIo>(&self, stream: S) -> Result<(), GuestError> {
+        if self.closed.is_cancelled() {
+            return Err(GuestError::Closed);
+        }
+        let slot: Arc<Mutex<Option<Box<dyn GcsIo>>>> = Arc::new(Mutex::new(Some(Box::new(stream))));
+        let connector = tower::service_fn(move |_uri: tonic::transport::Uri| {
+            let io = lock(&slot).take();
+            async move {
+                io.map(TokioIo::new).ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::NotConnected,
+                        "GCS stream already used; the guest connection cannot be re-established",
+                    )
+                })
+            }
+        });
+        let channel = Endpoint::from_static("http://uvm.gcs")
+            .connect_with_connector(connector)
+            .await
+            .map_err(GuestError::Transport)?;
+        *lock(&self.client) = Some(GcsClient::new(channel));
+        Ok(())
+    }
+
+    /// The `Negotiate` handshake with the initial state from `options`.
+    pub async fn negotiate(&self, options: &[ConfigOption]) -> Result<Negotiated, GuestError> {
+        let min = uvm_proto::PROTOCOL_VERSION;
+        let max = uvm_proto::PROTOCOL_VERSION;
+        let req = gcs::NegotiateRequest {
+            min_version: min,
+            max_version: max,
+            initial_state: Some(initial_state(options)),
+        };
+        let resp = self
+            .call("negotiate", self.rpc_timeout, |mut c| async move {
+                c.negotiate(req).await
+            })
+            .await?;
+        if resp.version < min || resp.version > max {
+            return Err(GuestError::Version {
+                guest: resp.version,
+                min,
+                max,
+            });
+        }
+        let n = Negotiated {
+            version: resp.version,
+            capabilities: resp.capabilities.unwrap_or_default(),
+            agent_version: resp.agent_version,
+            kernel_release: resp.kernel_release,
+        };
+        *lock(&self.negotiated) = Some(n.clone());
+        Ok(n)
+    }
+
+    /// Installs `policy` in the guest.
+    pub async fn set_security_policy(&self, policy: &SecurityPolicy) -> Result<(), GuestError> {
+        let req = policy.to_proto();
+        self.call(
+            "set security policy",
+            self.rpc_timeout,
+            |mut c| async move { c.set_security_policy(req).await },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Applies confidential options (the security policy).
+    pub async fn apply_confidential_options(
+        &self,
+        opts: &ConfidentialOptions,
+    ) -> Result<(), GuestError> {
+        self.set_security_policy(&opts.security_policy).await
+    }
+
+    /// WCOW finalize step: tells the guest the host's HvSocket address.
+    pub async fn update_hv_socket_address(
+        &self,
+        local_address: &str,
+        parent_address: &str,
+    ) -> Result<(), GuestError> {
+        let req = gcs::HvSocketAddress {
+            local_address: local_address.into(),
+            parent_address: parent_address.into(),
+        };
+        self.call(
+            "update HvSocket address",
+            self.rpc_timeout,
+            |mut c| async move { c.update_hv_socket_address(req).await },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Stacks of the agent and guest tasks, bounded by `timeout`. Returns ""
+    /// when the guest lacks the `dump_stacks` capability.
+    pub async fn dump_stacks(&self, timeout: Duration) -> Result<String, GuestError> {
+        if !self.capabilities().is_some_and(|c| c.dump_stacks) {
+            return Ok(String::new());
+        }
+        let resp = self
+            .call("dump stacks", timeout, |mut c| async move {
+                c.dump_stacks(gcs::DumpStacksRequest {}).await
+            })
+            .await?;
+        Ok(resp.stacks)
+    }
+
+    /// Guest-side statistics, bounded by `timeout`.
+    pub async fn stats(&self, timeout: Duration) -> Result<gcs::GuestStats, GuestError> {
+        self.call("stats", timeout, |mut c| async move {
+            c.stats(gcs::StatsRequest {}).await
+        })
+        .await
+    }
+
+    /// Asks the guest to sync and power off / reboot. Returns once the agent
+    /// acknowledged; the VM exits afterwards.
+    pub async fn shutdown(&self, mode: ShutdownMode) -> Result<(), GuestError> {
+        let mode = match mode {
+            ShutdownMode::PowerOff => gcs::shutdown_request::Mode::PowerOff,
+            ShutdownMode::Reboot => gcs::shutdown_request::Mode::Reboot,
+        };
+        let req = gcs::ShutdownRequest { mode: mode as i32 };
+        self.call("shutdown", self.rpc_timeout, |mut c| async move {
+            c.shutdown(req).await
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Drops the gRPC client and fails every in-flight and later call with
+    /// [`GuestError::Closed`]. Idempotent.
+    pub fn close(&self) {
+        self.closed.cancel();
+        lock(&self.client).take();
+        if let Ok(mut l) = self.listener.try_lock() {
+            l.take();
+        }
+    }
+
+    /// Whether [`Guest::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.closed.is_cancelled()
+    }
+
+    /// A token cancelled by [`Guest::close`].
+    pub(crate) fn closed_token(&self) -> &CancellationToken {
+        &self.closed
+    }
+
+    /// A clone of the client, or why there is none.
+    pub(crate) fn client(&self) -> Result<GcsClient<Channel>, GuestError> {
+        if self.closed.is_cancelled() {
+            return Err(GuestError::Closed);
+        }
+        lock(&self.client).clone().ok_or(GuestError::NotConnected)
+    }
+
+    /// Runs one unary RPC bounded by `timeout`, failing fast on close.
+    async fn call<T, F, Fut>(
+        &self,
+        op: &'static str,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, GuestError>
+    where
+        F: FnOnce(GcsClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let client = self.client()?;
+        tokio::select! {
+            r = tokio::time::timeout(timeout, f(client)) => match r {
+                Ok(Ok(resp)) => Ok(resp.into_inner()),
+                Ok(Err(status)) => Err(GuestError::from_status(op, status)),
+                Err(_) => Err(GuestError::Timeout { op, timeout }),
+            },
+            _ = self.closed.cancelled() => Err(GuestError::Closed),
+        }
+    }
+}
+
+/// Locks a std mutex, ignoring poisoning (the data stays consistent: every
+/// critical section is a single assignment).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,122 @@
+//! The guest log and entropy channels.
+
+use rand::RngCore;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+/// Longest log line kept; longer lines are truncated.
+pub const MAX_LOG_LINE: usize = 64 * 1024;
+
+/// Reads the agent's JSON log lines from `stream` and re-emits each as a
+/// `tracing` event with target `uvm::guest`: level from the line's `level`,
+/// fields `vm_id`, `guest_msg` (the line's `msg`), `guest_time` and `fields`
+/// (every other key, as `k=v` pairs). Lines that are not JSON are emitted at
+/// info with the raw text. Returns the number of lines when the stream ends.
+pub async fn relay_logs<R: AsyncRead + Unpin>(stream: R, vm_id: &str) -> usize {
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
+    let mut count = 0;
+    loop {
+        buf.clear();
+        let n = match (&mut reader)
+            .take(MAX_LOG_LINE as u64)
+            .read_until(b'\n', &mut buf)
+            .await
+        {
+            Ok(0) | Err(_) => return count,
+            Ok(n) => n,
+        };
+        if n == MAX_LOG_LINE && buf.last() != Some(&b'\n') {
+            // Skip the rest of an oversized line.
+            let mut rest = Vec::new();
+            if reader.read_until(b'\n', &mut rest).await.is_err() {
+                return count;
+            }
+        }
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        emit(line, vm_id);
+        count += 1;
+    }
+}
+
+fn emit(line: &str, vm_id: &str) {
+    let Ok(serde_json::Value::Object(mut obj)) = serde_json::from_str::<serde_json::Value>(line)
+    else {
+        tracing::info!(target: "uvm::guest", vm_id, guest_msg = line);
+        return;
+    };
+    let text = |v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => s,
+        Some(other) => other.to_string(),
+        None => String::new(),
+    };
+    let msg = text(obj.remove("msg"));
+    let level = text(obj.remove("level")).to_ascii_lowercase();
+    let time = text(obj.remove("time"));
+    let fields = obj
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}", text(Some(v))))
+        .collect::<Vec<_>>()
+        .join(" ");
+    macro_rules! ev {
+        ($lvl:expr) => {
+            tracing::event!(target: "uvm::guest", $lvl, vm_id, guest_msg = %msg, guest_time = %time, fields = %fields)
+        };
+    }
+    match level.as_str() {
+        "error" | "fatal" | "panic" => ev!(tracing::Level::ERROR),
+        "warn" | "warning" => ev!(tracing::Level::WARN),
+        "debug" => ev!(tracing::Level::DEBUG),
+        "trace" => ev!(tracing::Level::TRACE),
+        _ => ev!(tracing::Level::INFO),
+    }
+}
+
+/// Writes [`uvm_proto::ports::ENTROPY_BYTES`] random bytes to `stream` (the
+/// guest credits them to its entropy pool) and shuts it down.
+pub async fn send_entropy<W: AsyncWrite + Unpin>(mut stream: W) -> std::io::Result<()> {
+    let mut bytes = vec![0u8; uvm_proto::ports::ENTROPY_BYTES];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    stream.write_all(&bytes).await?;
+    stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn relay_counts_lines_until_eof() {
+        let (mut w, r) = tokio::io::duplex(1024);
+        let t = tokio::spawn(async move { relay_logs(r, "vm1").await });
+        w.write_all(b"{\"level\":\"warn\",\"msg\":\"hi\",\"k\":1}\nnot json\n\n{\"msg\":\"x\"}\n")
+            .await
+            .unwrap();
+        drop(w);
+        assert_eq!(t.await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn oversized_lines_are_truncated_not_fatal() {
+        let (mut w, r) = tokio::io::duplex(4096);
+        let t = tokio::spawn(async move { relay_logs(r, "vm1").await });
+        let mut big = vec![b'a'; MAX_LOG_LINE * 2];
+        big.push(b'\n');
+        w.write_all(&big).await.unwrap();
+        w.write_all(b"{\"msg\":\"after\"}\n").await.unwrap();
+        drop(w);
+        assert_eq!(t.await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn entropy_is_512_bytes() {
+        let (w, mut r) = tokio::io::duplex(4096);
+        send_entropy(w).await.unwrap();
+        let mut v = Vec::new();
+        r.read_to_end(&mut v).await.unwrap();
+        assert_eq!(v.len(), 512);
+    }
+}

@@ -1,0 +1,367 @@
+//! Streaming exec: a process in the guest with its stdio as host streams.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::PollSender;
+use uvm_proto::gcs::{self, exec_input, exec_output, exited};
+
+use crate::{Guest, GuestError};
+
+/// Depth of every stdio channel (messages, each up to the agent's chunk size).
+const CHANNEL_DEPTH: usize = 16;
+
+/// What to run in the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessSpec {
+    /// argv; args[0] is looked up in the guest's PATH when it has no '/'.
+    pub args: Vec<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Vec<String>,
+    /// Working directory; empty = "/".
+    pub workdir: String,
+    /// Run on a pseudo-terminal (stdout carries the merged output, no stderr).
+    pub terminal: bool,
+    /// Initial window size `(rows, cols)` when `terminal`.
+    pub window: Option<(u16, u16)>,
+}
+
+/// How a guest process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitOutcome {
+    /// It exited with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
+impl ExitOutcome {
+    /// The shell-style exit code: the code, or 128+N for signal N (as hcsshim does).
+    pub fn code(self) -> i32 {
+        match self {
+            ExitOutcome::Code(c) => c,
+            ExitOutcome::Signal(n) => 128 + n,
+        }
+    }
+}
+
+/// A running guest process.
+///
+/// Take `stdin`, `stdout` and `stderr` out (they are independent), then
+/// [`Process::wait`]. Output channels are bounded: a reader that stops reading
+/// one stream eventually stalls the other (as with pipes); drop a stream you
+/// do not want and its data is discarded.
+#[derive(Debug)]
+pub struct Process {
+    /// Guest pid.
+    pub pid: u32,
+    /// The process's standard input.
+    pub stdin: Option<ProcessStdin>,
+    /// Standard output (merged output when on a terminal).
+    pub stdout: Option<ProcessOutput>,
+    /// Standard error (None when on a terminal).
+    pub stderr: Option<ProcessOutput>,
+    control: mpsc::Sender<gcs::ExecInput>,
+    exit: Option<oneshot::Receiver<Result<ExitOutcome, GuestError>>>,
+}
+
+impl Process {
+    /// Sends signal `signal` to the process.
+    pub async fn signal(&self, signal: i32) -> Result<(), GuestError> {
+        self.send(exec_input::Msg::Signal(gcs::Signal { signal }))
+            .await
+    }
+
+    /// Resizes the process's terminal.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), GuestError> {
+        let ws = gcs::WindowSize {
+            rows: rows.into(),
+            cols: cols.into(),
+        };
+        self.send(exec_input::Msg::Resize(ws)).await
+    }
+
+    /// Waits for the process to end. Errors if the stream broke before the
+    /// exit status arrived. A second call returns [`GuestError::Protocol`].
+    pub async fn wait(&mut self) -> Result<ExitOutcome, GuestError> {
+        let rx = self
+            .exit
+            .take()
+            .ok_or(GuestError::Protocol("exit status already taken"))?;
+        rx.await.unwrap_or(Err(GuestError::Protocol(
+            "exec stream ended without exit status",
+        )))
+    }
+
+    async fn send(&self, msg: exec_input::Msg) -> Result<(), GuestError> {
+        self.control
+            .send(gcs::ExecInput { msg: Some(msg) })
+            .await
+            .map_err(|_| GuestError::Protocol("process already exited"))
+    }
+}
+
+/// Standard input of a guest process: `send`/`close`, or use it as an [`AsyncWrite`]
+/// (`shutdown` closes the guest side). Dropping it closes stdin too.
+#[derive(Debug)]
+pub struct ProcessStdin {
+    tx: PollSender<gcs::ExecInput>,
+}
+
+impl ProcessStdin {
+    /// Sends a chunk (waits while the channel is full).
+    pub async fn send(&mut self, data: Bytes) -> Result<(), GuestError> {
+        let tx = self
+            .tx
+            .get_ref()
+            .ok_or(GuestError::Protocol("stdin closed"))?;
+        let msg = gcs::ExecInput {
+            msg: Some(exec_input::Msg::Stdin(data.to_vec())),
+        };
+        tx.send(msg)
+            .await
+            .map_err(|_| GuestError::Protocol("process already exited"))
+    }
+
+    /// Closes the guest side (EOF for the process).
+    pub async fn close(mut self) -> Result<(), GuestError> {
+        self.close_inner().await
+    }
+
+    async fn close_inner(&mut self) -> Result<(), GuestError> {
+        if let Some(tx) = self.tx.get_ref().cloned() {
+            self.tx.close();
+            let msg = gcs::ExecInput {
+                msg: Some(exec_input::Msg::CloseStdin(gcs::CloseStdin {})),
+            };
+            let _ = tx.send(msg).await;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ProcessStdin {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.get_ref() {
+            let msg = gcs::ExecInput {
+                msg: Some(exec_input::Msg::CloseStdin(gcs::CloseStdin {})),
+            };
+            let _ = tx.try_send(msg);
+        }
+    }
+}
+
+fn closed_pipe() -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, "guest process stdin closed")
+}
+
+impl AsyncWrite for ProcessStdin {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.tx.poll_reserve(cx)).map_err(|_| closed_pipe())?;
+        let msg = gcs::ExecInput {
+            msg: Some(exec_input::Msg::Stdin(buf.to_vec())),
+        };
+        this.tx.send_item(msg).map_err(|_| closed_pipe())?;
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.tx.is_closed() {
+            return Poll::Ready(Ok(()));
+        }
+        if ready!(this.tx.poll_reserve(cx)).is_ok() {
+            let msg = gcs::ExecInput {
+                msg: Some(exec_input::Msg::CloseStdin(gcs::CloseStdin {})),
+            };
+            let _ = this.tx.send_item(msg);
+        }
+        this.tx.close();
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// One output stream of a guest process: [`ProcessOutput::recv`] chunks, or
+/// read it as an [`AsyncRead`]. Ends (EOF) when the process's stream ends.
+#[derive(Debug)]
+pub struct ProcessOutput {
+    rx: mpsc::Receiver<Bytes>,
+    pending: Bytes,
+}
+
+impl ProcessOutput {
+    /// The next chunk, or None at EOF.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        if !self.pending.is_empty() {
+            return Some(std::mem::take(&mut self.pending));
+        }
+        self.rx.recv().await
+    }
+}
+
+impl AsyncRead for ProcessOutput {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        while this.pending.is_empty() {
+            match ready!(this.rx.poll_recv(cx)) {
+                Some(b) => this.pending = b,
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Guest {
+    /// Starts a process in the guest and returns once the agent reported it
+    /// started (or refused it: [`GuestError::CommandNotFound`],
+    /// [`GuestError::NotExecutable`], [`GuestError::DeniedByPolicy`], ...).
+    pub async fn spawn(&self, spec: ProcessSpec) -> Result<Process, GuestError> {
+        let mut client = self.client()?;
+        let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let start = gcs::ProcessSpec {
+            args: spec.args,
+            env: spec.env,
+            workdir: spec.workdir,
+            terminal: spec.terminal,
+            window: spec.window.map(|(rows, cols)| gcs::WindowSize {
+                rows: rows.into(),
+                cols: cols.into(),
+            }),
+        };
+        tx.send(gcs::ExecInput {
+            msg: Some(exec_input::Msg::Start(start)),
+        })
+        .await
+        .map_err(|_| GuestError::Protocol("exec input closed"))?;
+        let closed = self.closed_token().clone();
+        let started = async {
+            let mut out = client
+                .exec(ReceiverStream::new(rx))
+                .await
+                .map_err(|s| GuestError::from_status("exec", s))?
+                .into_inner();
+            match out
+                .message()
+                .await
+                .map_err(|s| GuestError::from_status("exec", s))?
+            {
+                Some(gcs::ExecOutput {
+                    msg: Some(exec_output::Msg::Started(s)),
+                }) => Ok((s.pid, out)),
+                _ => Err(GuestError::Protocol(
+                    "exec stream did not start with `started`",
+                )),
+            }
+        };
+        let (pid, out) = tokio::select! {
+            r = started => r?,
+            _ = closed.cancelled() => return Err(GuestError::Closed),
+        };
+        let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
+        let (err_tx, err_rx) = if spec.terminal {
+            (None, None)
+        } else {
+            let (t, r) = mpsc::channel(CHANNEL_DEPTH);
+            (Some(t), Some(r))
+        };
+        let (exit_tx, exit_rx) = oneshot::channel();
+        tokio::spawn(pump(out, out_tx, err_tx, exit_tx, closed));
+        Ok(Process {
+            pid,
+            stdin: Some(ProcessStdin {
+                tx: PollSender::new(tx.clone()),
+            }),
+            stdout: Some(ProcessOutput {
+                rx: out_rx,
+                pending: Bytes::new(),
+            }),
+            stderr: err_rx.map(|rx| ProcessOutput {
+                rx,
+                pending: Bytes::new(),
+            }),
+            control: tx,
+            exit: Some(exit_rx),
+        })
+    }
+}
+
+/// Moves output messages to the stdio channels until `exited`.
+async fn pump(
+    mut out: tonic::Streaming<gcs::ExecOutput>,
+    stdout: mpsc::Sender<Bytes>,
+    mut stderr: Option<mpsc::Sender<Bytes>>,
+    exit: oneshot::Sender<Result<ExitOutcome, GuestError>>,
+    closed: tokio_util::sync::CancellationToken,
+) {
+    let merge_stderr = stderr.is_none();
+    let mut stdout = Some(stdout);
+    let result = loop {
+        let next = tokio::select! {
+            m = out.next() => m,
+            _ = closed.cancelled() => break Err(GuestError::Closed),
+        };
+        let msg = match next {
+            None => {
+                break Err(GuestError::Protocol(
+                    "exec stream ended without exit status",
+                ))
+            }
+            Some(Err(s)) => break Err(GuestError::from_status("exec", s)),
+            Some(Ok(gcs::ExecOutput { msg })) => msg,
+        };
+        match msg {
+            Some(exec_output::Msg::Stdout(b)) => forward(&mut stdout, b.into()).await,
+            Some(exec_output::Msg::Stderr(b)) => {
+                if merge_stderr {
+                    forward(&mut stdout, b.into()).await
+                } else {
+                    forward(&mut stderr, b.into()).await
+                }
+            }
+            Some(exec_output::Msg::Exited(e)) => {
+                break match e.status {
+                    Some(exited::Status::ExitCode(c)) => Ok(ExitOutcome::Code(c)),
+                    Some(exited::Status::Signal(n)) => Ok(ExitOutcome::Signal(n)),
+                    None => Err(GuestError::Protocol("exit status missing")),
+                }
+            }
+            Some(exec_output::Msg::Started(_)) | None => {}
+        }
+    };
+    // Close the output channels first so readers see EOF before wait returns.
+    drop(stdout);
+    drop(stderr);
+    let _ = exit.send(result);
+}
+
+async fn forward(tx: &mut Option<mpsc::Sender<Bytes>>, b: Bytes) {
+    if let Some(t) = tx {
+        if t.send(b).await.is_err() {
+            // Reader gone: discard the rest of this stream.
+            *tx = None;
+        }
+    }
+}
