@@ -1,0 +1,135 @@
+//! Benchmarks of the uvm lifecycle, each next to its baseline or peer
+//! (DESIGN §9): boot vs raw QEMU boot to the first guest byte, exec vs
+//! qemu-guest-agent, stdout vs raw virtio-serial, terminate and stats
+//! latency, idle memory and density.
+//!
+//! Baselines run interleaved with ours in the same process, with the same
+//! kernel, machine type, memory and accelerator. `uvmctl bench` calls [`run`].
+#![warn(missing_docs)]
+
+pub mod cpio;
+pub mod qemu;
+pub mod qga;
+pub mod qga_image;
+pub mod raw;
+pub mod report;
+pub mod stats;
+
+pub use report::Report;
+
+use std::time::Duration;
+
+/// Errors of a benchmark run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// An I/O step failed.
+    #[error("{what}")]
+    Io {
+        /// The step.
+        what: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A bounded wait expired.
+    #[error("timed out after {secs} s waiting for {what}")]
+    Timeout {
+        /// What we waited for.
+        what: &'static str,
+        /// The bound.
+        secs: u64,
+    },
+    /// QEMU exited while we waited for the guest.
+    #[error("QEMU exited ({status}) while waiting for {what}; stderr: {stderr}")]
+    QemuExited {
+        /// What we waited for.
+        what: &'static str,
+        /// Exit status.
+        status: String,
+        /// Tail of QEMU's stderr.
+        stderr: String,
+    },
+    /// A peer spoke something unexpected.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// A baseline image could not be built.
+    #[error("image: {0}")]
+    Image(String),
+    /// The controller under test failed.
+    #[error("controller: {0}")]
+    Controller(String),
+}
+
+impl BenchError {
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        BenchError::Io { what: what.into(), source }
+    }
+}
+
+/// Which guest kernel to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KernelKind {
+    /// Our tuned vmlinux on `-M microvm`.
+    Tuned,
+    /// The distro kernel (bzImage, modules) on `-M q35`.
+    Stock,
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// Quick mode (few runs, tuned kernel, small payload).
+    pub quick: bool,
+    /// Iterations per interleaved measurement.
+    pub runs: usize,
+    /// Kernels for the boot benchmark (the first one is used for the rest).
+    pub kernels: Vec<KernelKind>,
+    /// Concurrent VM counts for the density benchmark.
+    pub density_counts: Vec<usize>,
+    /// Stdout throughput payload in MiB.
+    pub throughput_mib: usize,
+    /// Guest sizes for the memory benchmark.
+    pub memory_sizes_mb: Vec<u32>,
+    /// Guest memory for boot/exec/throughput/density.
+    pub memory_mb: u32,
+    /// Interval between `guest-exec-status` polls of the peer.
+    pub qga_poll: Duration,
+    /// Iterations of the in-guest fork+exec+wait floor loop.
+    pub floor_iterations: usize,
+}
+
+impl BenchOptions {
+    /// `uvmctl bench --quick`: 3 runs, tuned kernel, 32 MiB, density 1/2/4.
+    pub fn quick() -> Self {
+        BenchOptions {
+            quick: true,
+            runs: 3,
+            kernels: vec![KernelKind::Tuned],
+            density_counts: vec![1, 2, 4],
+            throughput_mib: 32,
+            memory_sizes_mb: vec![128, 512],
+            memory_mb: 128,
+            qga_poll: Duration::from_millis(1),
+            floor_iterations: 200,
+        }
+    }
+
+    /// `uvmctl bench`: 10 runs, both kernels, 256 MiB, density 1..16.
+    pub fn full() -> Self {
+        BenchOptions {
+            quick: false,
+            runs: 10,
+            kernels: vec![KernelKind::Tuned, KernelKind::Stock],
+            density_counts: vec![1, 2, 4, 8, 16],
+            throughput_mib: 256,
+            ..Self::quick()
+        }
+    }
+}
+
+impl Default for BenchOptions {
+    fn default() -> Self {
+        Self::full()
+    }
+}

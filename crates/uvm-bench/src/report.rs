@@ -1,0 +1,283 @@
+//! The benchmark report: JSON (DESIGN §9 keys) and a text table with the same numbers.
+
+use crate::stats::{ratio, Summary};
+use serde::Serialize;
+use std::fmt::Write;
+
+/// Where and how the numbers were taken.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MachineInfo {
+    /// Host CPUs.
+    pub cpus: usize,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// `qemu-system-x86_64 --version`.
+    pub qemu: String,
+    /// Kernel images measured, `kind: path`.
+    pub kernel: Vec<String>,
+    /// `/proc/loadavg` when the run started and ended.
+    pub loadavg: Vec<String>,
+    /// Quick mode.
+    pub quick: bool,
+    /// Iterations per measurement.
+    pub runs: usize,
+}
+
+/// Boot to Running (ours) next to raw boot to first byte (baseline).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Boot {
+    /// Kernel kind.
+    pub kernel: String,
+    /// create_vm + start_vm, median ms.
+    pub median_ms: Option<f64>,
+    /// create_vm + start_vm, p90 ms.
+    pub p90_ms: Option<f64>,
+    /// create_vm alone.
+    pub create: Summary,
+    /// start_vm alone.
+    pub start: Summary,
+    /// Raw QEMU spawn to first byte, median ms.
+    pub baseline_median_ms: Option<f64>,
+    /// Raw QEMU spawn to first byte, p90 ms.
+    pub baseline_p90_ms: Option<f64>,
+    /// median / baseline_median.
+    pub ratio: Option<f64>,
+}
+
+impl Boot {
+    /// Fills medians and the ratio from samples (ms).
+    pub fn from_samples(kernel: &str, create: &[f64], start: &[f64], base: &[f64]) -> Self {
+        let sum: Vec<f64> = create.iter().zip(start).map(|(a, b)| a + b).collect();
+        let (s, b) = (Summary::of(&sum), Summary::of(base));
+        Boot {
+            kernel: kernel.into(),
+            median_ms: s.median,
+            p90_ms: s.p90,
+            create: Summary::of(create),
+            start: Summary::of(start),
+            baseline_median_ms: b.median,
+            baseline_p90_ms: b.p90,
+            ratio: ratio(s.median, b.median),
+        }
+    }
+}
+
+/// Exec round trip of `true`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Exec {
+    /// Ours, median ms.
+    pub median_ms: Option<f64>,
+    /// Ours, p90 ms.
+    pub p90_ms: Option<f64>,
+    /// Peer, median ms.
+    pub peer_median_ms: Option<f64>,
+    /// Peer, p90 ms.
+    pub peer_p90_ms: Option<f64>,
+    /// median / peer_median.
+    pub ratio: Option<f64>,
+    /// Always "qemu-guest-agent".
+    pub peer: String,
+    /// guest-exec-status poll interval of the peer client.
+    pub peer_poll_ms: f64,
+    /// Peer VM spawn to first guest-sync reply.
+    pub peer_ready_ms: Option<f64>,
+    /// fork+exec+wait of `true` inside the guest, ms per iteration.
+    pub floor_ms: Option<f64>,
+    /// How the floor was measured.
+    pub floor_method: String,
+}
+
+/// Guest stdout to a host file, next to raw virtio-serial.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Throughput {
+    /// Payload per run.
+    pub bytes: usize,
+    /// Ours, median MiB/s.
+    pub mib_s: Option<f64>,
+    /// Raw virtio-serial, median MiB/s.
+    pub baseline_mib_s: Option<f64>,
+    /// mib_s / baseline_mib_s.
+    pub ratio: Option<f64>,
+}
+
+/// One latency.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Median ms.
+    pub median_ms: Option<f64>,
+    /// p90 ms.
+    pub p90_ms: Option<f64>,
+    /// Samples.
+    pub n: usize,
+}
+
+impl Latency {
+    /// From samples (ms).
+    pub fn of(xs: &[f64]) -> Self {
+        let s = Summary::of(xs);
+        Latency { median_ms: s.median, p90_ms: s.p90, n: s.n }
+    }
+}
+
+/// Host memory of one idle UVM.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemoryRow {
+    /// Guest memory size.
+    pub guest_mb: u32,
+    /// QEMU Rss + controller share.
+    pub rss_mib: Option<f64>,
+    /// QEMU `smaps_rollup` Rss.
+    pub qemu_rss_mib: Option<f64>,
+    /// Growth of this process's Rss for the VM.
+    pub controller_rss_mib: Option<f64>,
+    /// Rss of the idle qemu-guest-agent peer VM of the same size.
+    pub peer_qemu_rss_mib: Option<f64>,
+}
+
+/// Memory section.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Memory {
+    /// TCG translation-cache cap in MiB (`None`: QEMU default or KVM).
+    pub tb_size_mb: Option<u32>,
+    /// One row per guest size.
+    pub rss_mib: Vec<MemoryRow>,
+}
+
+/// One density step.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Density {
+    /// Concurrent UVMs.
+    pub vms: usize,
+    /// Until all reached Running (or failed), seconds.
+    pub all_running_s: Option<f64>,
+    /// (QEMU Rss sum + controller growth) / running VMs.
+    pub rss_mib_per_vm: Option<f64>,
+    /// VMs that did not reach Running.
+    pub failures: usize,
+    /// Their errors.
+    pub errors: Vec<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Environment.
+    pub machine: MachineInfo,
+    /// Tuned kernel boot.
+    pub boot: Option<Boot>,
+    /// Stock kernel boot.
+    pub boot_stock: Option<Boot>,
+    /// Exec round trip.
+    pub exec: Option<Exec>,
+    /// Stdout throughput.
+    pub stdout_throughput: Option<Throughput>,
+    /// terminate_vm on a Running VM.
+    pub terminate: Option<Latency>,
+    /// stats() on a Running VM.
+    pub stats: Option<Latency>,
+    /// Idle memory.
+    pub memory: Option<Memory>,
+    /// Density steps.
+    pub density: Vec<Density>,
+    /// Sections that failed, `section: error` (nothing hidden).
+    pub errors: Vec<String>,
+}
+
+fn f(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |v| format!("{v:.1}"))
+}
+fn r(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".into(), |v| format!("{v:.2}x"))
+}
+
+impl Report {
+    /// Pretty JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("report serializes")
+    }
+
+    /// A text table with the same numbers as the JSON.
+    pub fn table(&self) -> String {
+        let m = &self.machine;
+        let mut t = String::new();
+        let _ = writeln!(t, "uvm bench ({}; {} cpus, {}, {} runs; loadavg {})", m.qemu, m.cpus, m.accel, m.runs, m.loadavg.join(" -> "));
+        let _ = writeln!(t, "{:<34} {:>10} {:>10} {:>12} {:>12} {:>8}", "measurement", "median", "p90", "baseline", "base p90", "ratio");
+        let mut row = |name: &str, med: Option<f64>, p90: Option<f64>, b: Option<f64>, bp: Option<f64>, rt: Option<f64>| {
+            let _ = writeln!(t, "{name:<34} {:>10} {:>10} {:>12} {:>12} {:>8}", f(med), f(p90), f(b), f(bp), r(rt));
+        };
+        for b in self.boot.iter().chain(&self.boot_stock) {
+            row(&format!("boot {} create+start ms", b.kernel), b.median_ms, b.p90_ms, b.baseline_median_ms, b.baseline_p90_ms, b.ratio);
+            row(&format!("  create_vm ms"), b.create.median, b.create.p90, None, None, None);
+            row(&format!("  start_vm ms"), b.start.median, b.start.p90, None, None, None);
+        }
+        if let Some(e) = &self.exec {
+            row("exec `true` ms (peer: qga)", e.median_ms, e.p90_ms, e.peer_median_ms, e.peer_p90_ms, e.ratio);
+            row("  in-guest fork+exec+wait floor ms", e.floor_ms, None, None, None, None);
+        }
+        if let Some(s) = &self.stdout_throughput {
+            row(&format!("stdout MiB/s ({} MiB)", s.bytes >> 20), s.mib_s, None, s.baseline_mib_s, None, s.ratio);
+        }
+        if let Some(l) = &self.terminate {
+            row("terminate_vm ms", l.median_ms, l.p90_ms, None, None, None);
+        }
+        if let Some(l) = &self.stats {
+            row("stats ms", l.median_ms, l.p90_ms, None, None, None);
+        }
+        if let Some(mem) = &self.memory {
+            for m in &mem.rss_mib {
+                let name = format!("idle RSS MiB, {} MiB guest", m.guest_mb);
+                row(&name, m.rss_mib, None, m.peer_qemu_rss_mib, None, ratio(m.rss_mib, m.peer_qemu_rss_mib));
+            }
+            let _ = writeln!(t, "  (tb-size cap {:?} MiB; baseline = idle qemu-guest-agent VM QEMU Rss)", mem.tb_size_mb);
+        }
+        for d in &self.density {
+            let _ = writeln!(t, "density {:>2} VMs: all Running {} s, {} MiB/VM, {} failures", d.vms, f(d.all_running_s), f(d.rss_mib_per_vm), d.failures);
+        }
+        for e in &self.errors {
+            let _ = writeln!(t, "ERROR {e}");
+        }
+        t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_design_keys() {
+        let rep = Report {
+            boot: Some(Boot::from_samples("tuned", &[10.0, 12.0], &[90.0, 100.0], &[80.0, 90.0])),
+            exec: Some(Exec { peer: "qemu-guest-agent".into(), median_ms: Some(2.0), peer_median_ms: Some(4.0), ratio: Some(0.5), ..Default::default() }),
+            stdout_throughput: Some(Throughput::default()),
+            terminate: Some(Latency::of(&[1.0])),
+            stats: Some(Latency::of(&[1.0])),
+            memory: Some(Memory { tb_size_mb: Some(32), rss_mib: vec![MemoryRow { guest_mb: 128, ..Default::default() }] }),
+            density: vec![Density { vms: 1, ..Default::default() }],
+            ..Default::default()
+        };
+        let v: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
+        for k in ["median_ms", "baseline_median_ms", "ratio", "p90_ms"] {
+            assert!(v["boot"].get(k).is_some(), "boot.{k}");
+        }
+        assert_eq!(v["boot"]["median_ms"], 106.0);
+        assert_eq!(v["boot"]["ratio"], 106.0 / 85.0);
+        for k in ["median_ms", "peer_median_ms", "ratio", "peer", "floor_ms"] {
+            assert!(v["exec"].get(k).is_some(), "exec.{k}");
+        }
+        assert_eq!(v["exec"]["peer"], "qemu-guest-agent");
+        for k in ["mib_s", "baseline_mib_s", "ratio"] {
+            assert!(v["stdout_throughput"].get(k).is_some(), "stdout_throughput.{k}");
+        }
+        assert!(v["terminate"]["median_ms"].is_number() && v["stats"]["median_ms"].is_number());
+        assert_eq!(v["memory"]["tb_size_mb"], 32);
+        assert_eq!(v["memory"]["rss_mib"][0]["guest_mb"], 128);
+        for k in ["vms", "all_running_s", "rss_mib_per_vm", "failures"] {
+            assert!(v["density"][0].get(k).is_some(), "density.{k}");
+        }
+        for k in ["cpus", "accel", "qemu", "kernel"] {
+            assert!(v["machine"].get(k).is_some(), "machine.{k}");
+        }
+        assert!(rep.table().contains("boot tuned create+start ms"));
+    }
+}
