@@ -77,7 +77,7 @@ pub enum GuestError {
         op: &'static str,
         /// The status.
         #[source]
-        status: tonic::Status,
+        status: Box<tonic::Status>,
     },
     /// The agent broke the protocol (e.g. an exec stream without `started`).
     #[error("protocol violation: {0}")]
@@ -104,7 +104,7 @@ impl GuestError {
             tonic::Code::PermissionDenied if op == "exec" => GuestError::NotExecutable { message },
             tonic::Code::FailedPrecondition => GuestError::DeniedByPolicy { message },
             tonic::Code::InvalidArgument => GuestError::InvalidArgument { message },
-            _ => GuestError::Rpc { op, status },
+            _ => GuestError::Rpc { op, status: Box::new(status) },
         }
     }
 

@@ -102,6 +102,7 @@ impl FakeGcs {
 
 type OutStream = Pin<Box<dyn Stream<Item = Result<gcs::ExecOutput, Status>> + Send>>;
 
+#[allow(clippy::result_large_err)] // tonic's own Status type
 fn out(msg: exec_output::Msg) -> Result<gcs::ExecOutput, Status> {
     Ok(gcs::ExecOutput { msg: Some(msg) })
 }
@@ -185,7 +186,7 @@ impl gcs_server::Gcs for FakeGcs {
                 }
                 "stderr" => {
                     let _ = tx
-                        .send(out(exec_output::Msg::Stderr(rest.into_bytes().into())))
+                        .send(out(exec_output::Msg::Stderr(rest.into_bytes())))
                         .await;
                     exit_code(0)
                 }
