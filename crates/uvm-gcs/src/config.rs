@@ -26,7 +26,12 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Self { id: None, gcs_port: ports::GCS.to_owned(), log_level: "info".to_owned(), platform: Platform::Lcow }
+        Self {
+            id: None,
+            gcs_port: ports::GCS.to_owned(),
+            log_level: "info".to_owned(),
+            platform: Platform::Lcow,
+        }
     }
 }
 
@@ -35,12 +40,16 @@ impl Config {
     pub fn parse(line: &str) -> Self {
         let mut cfg = Self::default();
         for word in line.split_whitespace() {
-            let Some((key, value)) = word.split_once('=') else { continue };
+            let Some((key, value)) = word.split_once('=') else {
+                continue;
+            };
             let value = value.trim_matches('"');
             match key {
                 cmdline::ID if !value.is_empty() => cfg.id = Some(value.to_owned()),
                 cmdline::GCS_PORT if !value.is_empty() => cfg.gcs_port = value.to_ascii_lowercase(),
-                cmdline::LOG_LEVEL if !value.is_empty() => cfg.log_level = value.to_ascii_lowercase(),
+                cmdline::LOG_LEVEL if !value.is_empty() => {
+                    cfg.log_level = value.to_ascii_lowercase()
+                }
                 cmdline::PLATFORM => match value.to_ascii_lowercase().as_str() {
                     "wcow" => cfg.platform = Platform::Wcow,
                     _ => cfg.platform = Platform::Lcow,
@@ -63,7 +72,9 @@ mod tests {
 
     #[test]
     fn parses_uvm_keys_and_ignores_others() {
-        let c = Config::parse("console=ttyS0 uvm.id=vm1 uvm.log_level=DEBUG uvm.platform=wcow uvm.gcs_port=ABC quiet");
+        let c = Config::parse(
+            "console=ttyS0 uvm.id=vm1 uvm.log_level=DEBUG uvm.platform=wcow uvm.gcs_port=ABC quiet",
+        );
         assert_eq!(c.id.as_deref(), Some("vm1"));
         assert_eq!(c.log_level, "debug");
         assert_eq!(c.platform, Platform::Wcow);

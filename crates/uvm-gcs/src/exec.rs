@@ -49,24 +49,42 @@ fn summary(args: &[String]) -> String {
 }
 
 /// Handles one `Exec` call: validates and spawns, then streams in a task.
-pub async fn exec_handler(shared: Arc<Shared>, mut input: Streaming<ExecInput>) -> Result<ExecStream, Status> {
+pub async fn exec_handler(
+    shared: Arc<Shared>,
+    mut input: Streaming<ExecInput>,
+) -> Result<ExecStream, Status> {
     let spec = match input.message().await? {
-        Some(ExecInput { msg: Some(exec_input::Msg::Start(spec)) }) => spec,
-        _ => return Err(Status::invalid_argument("the first Exec message must be `start`")),
+        Some(ExecInput {
+            msg: Some(exec_input::Msg::Start(spec)),
+        }) => spec,
+        _ => {
+            return Err(Status::invalid_argument(
+                "the first Exec message must be `start`",
+            ))
+        }
     };
     let guard = shared.inflight.enter("Exec", summary(&spec.args), true);
     let prepared = {
-        let defaults = shared.defaults.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let defaults = shared
+            .defaults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let policy = shared.policy.read().unwrap_or_else(|e| e.into_inner());
         spawn::prepare(&spec, &defaults, &policy)
     };
     let prepared = prepared.inspect_err(|s| tracing::info!(args = %summary(&spec.args), code = ?s.code(), error = s.message(), "exec rejected"))?;
-    let running = spawn::spawn(prepared, &shared.reaper)
-        .inspect_err(|s| tracing::warn!(args = %summary(&spec.args), error = s.message(), "exec failed"))?;
+    let running = spawn::spawn(prepared, &shared.reaper).inspect_err(
+        |s| tracing::warn!(args = %summary(&spec.args), error = s.message(), "exec failed"),
+    )?;
     guard.set_pid(running.pid as u32);
     tracing::info!(pid = running.pid, args = %summary(&spec.args), terminal = spec.terminal, "process started");
     let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
-    let started = ExecOutput { msg: Some(exec_output::Msg::Started(Started { pid: running.pid as u32 })) };
+    let started = ExecOutput {
+        msg: Some(exec_output::Msg::Started(Started {
+            pid: running.pid as u32,
+        })),
+    };
     // The channel is empty, so this cannot fail for lack of room.
     let _ = tx.try_send(Ok(started));
     tokio::spawn(drive(running, input, tx, guard));
@@ -96,7 +114,11 @@ async fn pump(fd: Arc<FdIo>, tx: Tx, stderr: bool, mut exited: watch::Receiver<b
             Ok(0) | Err(_) => break,
             Ok(n) => buf[..n].to_vec(),
         };
-        let msg = if stderr { exec_output::Msg::Stderr(data) } else { exec_output::Msg::Stdout(data) };
+        let msg = if stderr {
+            exec_output::Msg::Stderr(data)
+        } else {
+            exec_output::Msg::Stdout(data)
+        };
         if tx.send(Ok(ExecOutput { msg: Some(msg) })).await.is_err() {
             break;
         }
@@ -110,7 +132,12 @@ enum InputEnd {
     Broken,
 }
 
-async fn input_loop(mut input: Streaming<ExecInput>, stdin: Arc<FdIo>, pid: i32, terminal: bool) -> InputEnd {
+async fn input_loop(
+    mut input: Streaming<ExecInput>,
+    stdin: Arc<FdIo>,
+    pid: i32,
+    terminal: bool,
+) -> InputEnd {
     // With pipes the writer must hold the only handle, so dropping it closes stdin.
     let pty = terminal.then(|| stdin.clone());
     let mut writer = Some(SharedFd(stdin));
@@ -164,7 +191,9 @@ async fn input_loop(mut input: Streaming<ExecInput>, stdin: Arc<FdIo>, pid: i32,
 async fn drain_control(mut input: Streaming<ExecInput>, pid: i32) -> InputEnd {
     loop {
         match input.message().await {
-            Ok(Some(ExecInput { msg: Some(exec_input::Msg::Signal(s)) })) => {
+            Ok(Some(ExecInput {
+                msg: Some(exec_input::Msg::Signal(s)),
+            })) => {
                 if let Ok(sig) = Signal::try_from(s.signal) {
                     let _ = kill(Pid::from_raw(pid), sig);
                 }
@@ -177,9 +206,21 @@ async fn drain_control(mut input: Streaming<ExecInput>, pid: i32) -> InputEnd {
 }
 
 async fn drive(running: Running, input: Streaming<ExecInput>, tx: Tx, guard: InFlightGuard) {
-    let Running { pid, stdin, stdout, stderr, terminal, mut exit } = running;
+    let Running {
+        pid,
+        stdin,
+        stdout,
+        stderr,
+        terminal,
+        mut exit,
+    } = running;
     let (exited_tx, exited_rx) = watch::channel(false);
-    let mut pumps = vec![tokio::spawn(pump(stdout, tx.clone(), false, exited_rx.clone()))];
+    let mut pumps = vec![tokio::spawn(pump(
+        stdout,
+        tx.clone(),
+        false,
+        exited_rx.clone(),
+    ))];
     if let Some(err) = stderr {
         pumps.push(tokio::spawn(pump(err, tx.clone(), true, exited_rx)));
     }
@@ -221,7 +262,11 @@ async fn drive(running: Running, input: Streaming<ExecInput>, tx: Tx, guard: InF
         ExitKind::Code(c) => exited::Status::ExitCode(c),
         ExitKind::Signal(s) => exited::Status::Signal(s),
     };
-    let msg = ExecOutput { msg: Some(exec_output::Msg::Exited(Exited { status: Some(status) })) };
+    let msg = ExecOutput {
+        msg: Some(exec_output::Msg::Exited(Exited {
+            status: Some(status),
+        })),
+    };
     let _ = tx.send(Ok(msg)).await;
     drop(guard);
 }

@@ -21,8 +21,16 @@ pub fn ensure_std_fds() {
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0 {
             continue;
         }
-        let dev = std::fs::OpenOptions::new().read(true).write(true).open("/dev/console");
-        let dev = dev.or_else(|_| std::fs::OpenOptions::new().read(true).write(true).open("/dev/null"));
+        let dev = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/console");
+        let dev = dev.or_else(|_| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")
+        });
         if let Ok(file) = dev {
             // SAFETY: dup2 onto a closed standard descriptor; `file` stays valid for the call.
             unsafe { libc::dup2(file.as_raw_fd(), fd) };
@@ -44,7 +52,13 @@ pub fn mount_filesystems() {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_one("proc", "/proc", "proc", nosuid, None);
     mount_one("sysfs", "/sys", "sysfs", nosuid, None);
-    mount_one("devtmpfs", "/dev", "devtmpfs", MsFlags::MS_NOSUID, Some("mode=0755"));
+    mount_one(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    );
     ensure_std_fds();
     mount_one(
         "devpts",
@@ -56,9 +70,27 @@ pub fn mount_filesystems() {
     if std::fs::symlink_metadata("/dev/ptmx").is_err() {
         let _ = std::os::unix::fs::symlink("pts/ptmx", "/dev/ptmx");
     }
-    mount_one("shm", "/dev/shm", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"));
-    mount_one("tmpfs", "/tmp", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=1777"));
-    mount_one("tmpfs", "/run", "tmpfs", MsFlags::MS_NOSUID | MsFlags::MS_NODEV, Some("mode=0755"));
+    mount_one(
+        "shm",
+        "/dev/shm",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    );
+    mount_one(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    );
+    mount_one(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    );
     mount_one("cgroup2", "/sys/fs/cgroup", "cgroup2", nosuid, None);
 }
 
@@ -81,7 +113,14 @@ fn finit_module(path: &str) -> io::Result<()> {
     let flags = if path.ends_with(".ko") { 0 } else { 4 };
     // SAFETY: finit_module takes an open fd, a NUL-terminated parameter string
     // that outlives the call, and flags.
-    let rc = unsafe { libc::syscall(libc::SYS_finit_module, file.as_raw_fd(), params.as_ptr(), flags) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            file.as_raw_fd(),
+            params.as_ptr(),
+            flags,
+        )
+    };
     if rc < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -91,13 +130,23 @@ fn finit_module(path: &str) -> io::Result<()> {
 /// Loads every module listed in [`MODULE_LOAD_ORDER`], in order; already
 /// loaded ones are fine. Returns how many were listed.
 pub fn load_modules() -> usize {
-    let Ok(list) = std::fs::read_to_string(MODULE_LOAD_ORDER) else { return 0 };
-    let paths: Vec<&str> = list.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let Ok(list) = std::fs::read_to_string(MODULE_LOAD_ORDER) else {
+        return 0;
+    };
+    let paths: Vec<&str> = list
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
     for path in &paths {
         let started = std::time::Instant::now();
         match finit_module(path) {
-            Ok(()) => tracing::info!(module = %path, elapsed_us = started.elapsed().as_micros() as u64, "module loaded"),
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => tracing::debug!(module = %path, "module already loaded"),
+            Ok(()) => {
+                tracing::info!(module = %path, elapsed_us = started.elapsed().as_micros() as u64, "module loaded")
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                tracing::debug!(module = %path, "module already loaded")
+            }
             Err(e) => tracing::warn!(module = %path, error = %e, "module load failed"),
         }
     }
@@ -118,7 +167,11 @@ pub fn power_off(reboot: bool) {
     }
     let _ = kill(Pid::from_raw(-1), Signal::SIGKILL);
     nix::unistd::sync();
-    let mode = if reboot { nix::sys::reboot::RebootMode::RB_AUTOBOOT } else { nix::sys::reboot::RebootMode::RB_POWER_OFF };
+    let mode = if reboot {
+        nix::sys::reboot::RebootMode::RB_AUTOBOOT
+    } else {
+        nix::sys::reboot::RebootMode::RB_POWER_OFF
+    };
     tracing::info!(reboot, "powering off");
     let Err(e) = nix::sys::reboot::reboot(mode);
     tracing::error!(error = %e, "reboot(2) failed");
@@ -129,9 +182,12 @@ fn other_processes_exist() -> bool {
     std::fs::read_dir("/proc")
         .map(|rd| {
             rd.flatten().any(|e| {
-                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { return false };
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    return false;
+                };
                 // Kernel threads have an empty cmdline.
-                pid != me && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
+                pid != me
+                    && std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| !c.is_empty())
             })
         })
         .unwrap_or(false)

@@ -43,15 +43,19 @@ impl LogSink {
     /// Starts draining queued and future lines into `port` on a dedicated thread.
     /// Only the first call has an effect.
     pub fn attach(&self, mut port: std::fs::File) {
-        let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
-        let spawned = std::thread::Builder::new().name("gcs-log".into()).spawn(move || {
-            for line in rx {
-                if port.write_all(line.as_bytes()).is_err() {
-                    // The host went away; keep draining so producers never block.
-                    continue;
+        let Some(rx) = self.rx.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let spawned = std::thread::Builder::new()
+            .name("gcs-log".into())
+            .spawn(move || {
+                for line in rx {
+                    if port.write_all(line.as_bytes()).is_err() {
+                        // The host went away; keep draining so producers never block.
+                        continue;
+                    }
                 }
-            }
-        });
+            });
         if let Err(e) = spawned {
             eprintln!("uvm-gcs: cannot start log writer: {e}");
         }
@@ -78,7 +82,8 @@ impl Visit for Fields<'_> {
         if field.name() == "message" {
             self.msg = text;
         } else {
-            self.map.insert(field.name().to_owned(), serde_json::Value::String(text));
+            self.map
+                .insert(field.name().to_owned(), serde_json::Value::String(text));
         }
     }
     fn record_str(&mut self, field: &Field, value: &str) {
@@ -133,7 +138,10 @@ impl<S: Subscriber> Layer<S> for JsonLayer {
         let level = *event.metadata().level();
         map.insert("level".into(), level.as_str().into());
         map.insert("msg".into(), serde_json::Value::Null);
-        let mut fields = Fields { map: &mut map, msg: String::new() };
+        let mut fields = Fields {
+            map: &mut map,
+            msg: String::new(),
+        };
         event.record(&mut fields);
         let msg = std::mem::take(&mut fields.msg);
         map.insert("msg".into(), msg.into());
@@ -151,8 +159,14 @@ impl<S: Subscriber> Layer<S> for JsonLayer {
 /// events at `stderr_level` or more severe are also written to stderr.
 pub fn init(level: &str, stderr_level: Level) -> Arc<LogSink> {
     let (tx, rx) = sync_channel(QUEUE_LINES);
-    let sink = Arc::new(LogSink { tx, rx: Mutex::new(Some(rx)), dropped: AtomicU64::new(0), stderr_level });
-    let filter = tracing_subscriber::filter::LevelFilter::from_level(level.parse().unwrap_or(Level::INFO));
+    let sink = Arc::new(LogSink {
+        tx,
+        rx: Mutex::new(Some(rx)),
+        dropped: AtomicU64::new(0),
+        stderr_level,
+    });
+    let filter =
+        tracing_subscriber::filter::LevelFilter::from_level(level.parse().unwrap_or(Level::INFO));
     let layer = JsonLayer { sink: sink.clone() }.with_filter(filter);
     let _ = tracing_subscriber::registry().with(layer).try_init();
     sink
@@ -166,7 +180,10 @@ mod tests {
     fn rfc3339_formats_known_instants() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(1_700_000_000_123_456);
         assert_eq!(rfc3339(t), "2023-11-14T22:13:20.123456Z");
-        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00.000000Z"
+        );
         let leap = std::time::UNIX_EPOCH + std::time::Duration::from_secs(951_782_400);
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000000Z");
     }

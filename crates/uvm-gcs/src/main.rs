@@ -20,7 +20,11 @@ fn install_panic_hook() {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("gcs-worker").enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("gcs-worker")
+        .enable_all()
+        .build()
 }
 
 fn main() {
@@ -70,7 +74,13 @@ fn run_dev(socket: &str) {
 fn run_init() -> ! {
     std::env::set_var("PATH", init::DEFAULT_PATH);
     let _ = std::fs::create_dir_all("/proc");
-    let _ = nix::mount::mount(Some("proc"), "/proc", Some("proc"), nix::mount::MsFlags::empty(), None::<&str>);
+    let _ = nix::mount::mount(
+        Some("proc"),
+        "/proc",
+        Some("proc"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    );
     let cfg = Config::from_proc();
     let sink = logging::init(&cfg.log_level, tracing::Level::WARN);
     install_panic_hook();
@@ -111,16 +121,23 @@ async fn init_main(cfg: &Config, sink: &LogSink, reaper: Reaper, first: bool) {
             .open(ports::find(uvm_proto::ports::LOG).unwrap_or_default())
         {
             Ok(port) => sink.attach(port),
-            Err(e) => tracing::warn!(error = %e, "cannot open the log port; logging to the console only"),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the log port; logging to the console only")
+            }
         }
         if cfg.platform == Platform::Lcow {
             let n = uvm_proto::ports::ENTROPY_BYTES;
-            match ports::receive_entropy(uvm_proto::ports::ENTROPY, n, Duration::from_secs(5)).await {
+            match ports::receive_entropy(uvm_proto::ports::ENTROPY, n, Duration::from_secs(5)).await
+            {
                 Ok(()) => tracing::info!(bytes = n, "entropy credited"),
                 Err(e) => tracing::warn!(error = %e, "no entropy from the host"),
             }
         }
-        tracing::info!(uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000, dropped_log_lines = sink.dropped(), "agent ready");
+        tracing::info!(
+            uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000,
+            dropped_log_lines = sink.dropped(),
+            "agent ready"
+        );
     }
     let agent = Agent::new(reaper, Role::Init);
     server::serve_port(agent, &cfg.gcs_port).await

@@ -20,7 +20,9 @@ impl Policy {
     pub fn allows(&self, path: &Path, arg0: &str) -> bool {
         match self {
             Policy::AllowAll => true,
-            Policy::AllowList(list) => list.contains(arg0) || path.to_str().is_some_and(|p| list.contains(p)),
+            Policy::AllowList(list) => {
+                list.contains(arg0) || path.to_str().is_some_and(|p| list.contains(p))
+            }
         }
     }
 }
@@ -29,7 +31,9 @@ impl From<SecurityPolicy> for Policy {
     fn from(p: SecurityPolicy) -> Self {
         match p.policy {
             None | Some(security_policy::Policy::AllowAll(_)) => Policy::AllowAll,
-            Some(security_policy::Policy::ExecAllowList(l)) => Policy::AllowList(l.commands.into_iter().collect()),
+            Some(security_policy::Policy::ExecAllowList(l)) => {
+                Policy::AllowList(l.commands.into_iter().collect())
+            }
         }
     }
 }
@@ -42,7 +46,9 @@ mod tests {
     #[test]
     fn allow_list_matches_path_or_arg0() {
         let p = Policy::from(SecurityPolicy {
-            policy: Some(security_policy::Policy::ExecAllowList(ExecAllowList { commands: vec!["/bin/true".into(), "echo".into()] })),
+            policy: Some(security_policy::Policy::ExecAllowList(ExecAllowList {
+                commands: vec!["/bin/true".into(), "echo".into()],
+            })),
         });
         assert!(p.allows(Path::new("/bin/true"), "true"));
         assert!(p.allows(Path::new("/usr/bin/echo"), "echo"));

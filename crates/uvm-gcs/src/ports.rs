@@ -25,8 +25,11 @@ pub fn find(name: &str) -> Option<PathBuf> {
 pub async fn wait_for(names: &[&str], timeout: Duration) -> Vec<String> {
     let deadline = Instant::now() + timeout;
     loop {
-        let missing: Vec<String> =
-            names.iter().filter(|n| find(n).is_none_or(|p| !p.exists())).map(|n| n.to_string()).collect();
+        let missing: Vec<String> = names
+            .iter()
+            .filter(|n| find(n).is_none_or(|p| !p.exists()))
+            .map(|n| n.to_string())
+            .collect();
         if missing.is_empty() || Instant::now() >= deadline {
             return missing;
         }
@@ -36,7 +39,12 @@ pub async fn wait_for(names: &[&str], timeout: Duration) -> Vec<String> {
 
 /// Opens the port named `name`.
 pub fn open(name: &str) -> io::Result<FdIo> {
-    let path = find(name).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no virtio port named {name}")))?;
+    let path = find(name).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("no virtio port named {name}"),
+        )
+    })?;
     FdIo::open_rw(&path)
 }
 
@@ -51,7 +59,9 @@ pub fn credit_entropy(bytes: &[u8]) -> io::Result<()> {
     info.extend_from_slice(&((bytes.len() * 8) as i32).to_ne_bytes());
     info.extend_from_slice(&(bytes.len() as i32).to_ne_bytes());
     info.extend_from_slice(bytes);
-    let urandom = std::fs::OpenOptions::new().write(true).open("/dev/urandom")?;
+    let urandom = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
     // SAFETY: `info` is a valid rand_pool_info: the header is followed by exactly
     // `buf_size` bytes, and the buffer outlives the call.
     let rc = unsafe { libc::ioctl(urandom.as_raw_fd(), RNDADDENTROPY as _, info.as_ptr()) };

@@ -52,7 +52,10 @@ impl Reaper {
 
     /// Spawns `cmd` and registers its pid atomically with respect to reaping.
     /// The returned receiver yields the exit status.
-    pub fn spawn_registered(&self, cmd: &mut Command) -> io::Result<(Child, oneshot::Receiver<ExitKind>)> {
+    pub fn spawn_registered(
+        &self,
+        cmd: &mut Command,
+    ) -> io::Result<(Child, oneshot::Receiver<ExitKind>)> {
         let mut inner = self.lock();
         let child = cmd.spawn()?;
         let (tx, rx) = oneshot::channel();

@@ -19,7 +19,8 @@ where
     let (io, gone) = DropNotify::new(io);
     // tonic serves each connection in a detached task; the drop notification
     // tells us when that connection is over.
-    let incoming = futures::stream::once(async { Ok::<_, io::Error>(io) }).chain(futures::stream::pending());
+    let incoming =
+        futures::stream::once(async { Ok::<_, io::Error>(io) }).chain(futures::stream::pending());
     Server::builder()
         .add_service(agent.into_server())
         .serve_with_incoming_shutdown(incoming, async {
@@ -41,7 +42,9 @@ pub async fn serve_port(agent: Agent, name: &str) -> ! {
                 tracing::info!(port = name, "serving GCS");
                 match serve_connection(agent.clone(), io).await {
                     Ok(()) => tracing::warn!(port = name, "GCS connection ended; reopening"),
-                    Err(e) => tracing::warn!(port = name, error = %e, "GCS connection failed; reopening"),
+                    Err(e) => {
+                        tracing::warn!(port = name, error = %e, "GCS connection failed; reopening")
+                    }
                 }
             }
             Err(e) => tracing::warn!(port = name, error = %e, "cannot open GCS port"),
@@ -56,7 +59,10 @@ pub async fn serve_port(agent: Agent, name: &str) -> ! {
 
 /// Serves the GCS on a unix socket at `path` (development and tests); each
 /// accepted connection is served independently.
-pub async fn serve_unix(agent: Agent, path: &Path) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn serve_unix(
+    agent: Agent,
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let _ = std::fs::remove_file(path);
     let listener = tokio::net::UnixListener::bind(path)?;
     tracing::info!(socket = %path.display(), "serving GCS on a unix socket");

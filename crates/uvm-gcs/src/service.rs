@@ -6,9 +6,10 @@ use std::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
 use uvm_proto::gcs::gcs_server::{Gcs, GcsServer};
 use uvm_proto::gcs::{
-    shutdown_request, Capabilities, DumpStacksRequest, DumpStacksResponse, ExecInput, GuestStats, HvSocketAddress,
-    NegotiateRequest, NegotiateResponse, SecurityPolicy, SetSecurityPolicyResponse, ShutdownRequest, ShutdownResponse,
-    StatsRequest, UpdateHvSocketAddressResponse,
+    shutdown_request, Capabilities, DumpStacksRequest, DumpStacksResponse, ExecInput, GuestStats,
+    HvSocketAddress, NegotiateRequest, NegotiateResponse, SecurityPolicy,
+    SetSecurityPolicyResponse, ShutdownRequest, ShutdownResponse, StatsRequest,
+    UpdateHvSocketAddressResponse,
 };
 use uvm_proto::PROTOCOL_VERSION;
 
@@ -60,7 +61,9 @@ impl Agent {
             hv_socket: Mutex::new(None),
             role,
         };
-        Self { shared: Arc::new(shared) }
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
     /// The tonic service wrapping this agent.
@@ -70,12 +73,17 @@ impl Agent {
 }
 
 fn kernel_release() -> String {
-    nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().into_owned()).unwrap_or_default()
+    nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[tonic::async_trait]
 impl Gcs for Agent {
-    async fn negotiate(&self, request: Request<NegotiateRequest>) -> Result<Response<NegotiateResponse>, Status> {
+    async fn negotiate(
+        &self,
+        request: Request<NegotiateRequest>,
+    ) -> Result<Response<NegotiateResponse>, Status> {
         let req = request.into_inner();
         if !(req.min_version <= PROTOCOL_VERSION && PROTOCOL_VERSION <= req.max_version) {
             return Err(Status::failed_precondition(format!(
@@ -90,17 +98,25 @@ impl Gcs for Agent {
             };
             for entry in state.env {
                 if !entry.contains('=') || entry.starts_with('=') {
-                    return Err(Status::invalid_argument(format!("malformed environment entry {entry:?}")));
+                    return Err(Status::invalid_argument(format!(
+                        "malformed environment entry {entry:?}"
+                    )));
                 }
                 defaults.env.push(entry);
             }
             if !state.hostname.is_empty() {
                 match self.shared.role {
                     Role::Init => crate::init::set_hostname(&state.hostname),
-                    Role::Process => tracing::info!(hostname = %state.hostname, "not PID 1: hostname not changed"),
+                    Role::Process => {
+                        tracing::info!(hostname = %state.hostname, "not PID 1: hostname not changed")
+                    }
                 }
             }
-            *self.shared.defaults.write().unwrap_or_else(|e| e.into_inner()) = defaults;
+            *self
+                .shared
+                .defaults
+                .write()
+                .unwrap_or_else(|e| e.into_inner()) = defaults;
         }
         tracing::info!(version = PROTOCOL_VERSION, "negotiated");
         Ok(Response::new(NegotiateResponse {
@@ -121,12 +137,23 @@ impl Gcs for Agent {
 
     type ExecStream = ExecStream;
 
-    async fn exec(&self, request: Request<Streaming<ExecInput>>) -> Result<Response<Self::ExecStream>, Status> {
-        exec_handler(self.shared.clone(), request.into_inner()).await.map(Response::new)
+    async fn exec(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        exec_handler(self.shared.clone(), request.into_inner())
+            .await
+            .map(Response::new)
     }
 
-    async fn dump_stacks(&self, _: Request<DumpStacksRequest>) -> Result<Response<DumpStacksResponse>, Status> {
-        let _guard = self.shared.inflight.enter("DumpStacks", String::new(), false);
+    async fn dump_stacks(
+        &self,
+        _: Request<DumpStacksRequest>,
+    ) -> Result<Response<DumpStacksResponse>, Status> {
+        let _guard = self
+            .shared
+            .inflight
+            .enter("DumpStacks", String::new(), false);
         let inflight = self.shared.inflight.clone();
         let stacks = tokio::task::spawn_blocking(move || crate::stacks::dump(&inflight))
             .await
@@ -141,10 +168,17 @@ impl Gcs for Agent {
         Ok(Response::new(stats))
     }
 
-    async fn set_security_policy(&self, request: Request<SecurityPolicy>) -> Result<Response<SetSecurityPolicyResponse>, Status> {
+    async fn set_security_policy(
+        &self,
+        request: Request<SecurityPolicy>,
+    ) -> Result<Response<SetSecurityPolicyResponse>, Status> {
         let policy = Policy::from(request.into_inner());
         tracing::info!(policy = ?policy, "security policy set");
-        *self.shared.policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
+        *self
+            .shared
+            .policy
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = policy;
         Ok(Response::new(SetSecurityPolicyResponse {}))
     }
 
@@ -154,11 +188,18 @@ impl Gcs for Agent {
     ) -> Result<Response<UpdateHvSocketAddressResponse>, Status> {
         let addr = request.into_inner();
         tracing::info!(local = %addr.local_address, parent = %addr.parent_address, "HvSocket address updated (no effect on Linux)");
-        *self.shared.hv_socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(addr);
+        *self
+            .shared
+            .hv_socket
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(addr);
         Ok(Response::new(UpdateHvSocketAddressResponse {}))
     }
 
-    async fn shutdown(&self, request: Request<ShutdownRequest>) -> Result<Response<ShutdownResponse>, Status> {
+    async fn shutdown(
+        &self,
+        request: Request<ShutdownRequest>,
+    ) -> Result<Response<ShutdownResponse>, Status> {
         let reboot = request.into_inner().mode == shutdown_request::Mode::Reboot as i32;
         tracing::info!(reboot, "shutdown requested");
         let role = self.shared.role;
@@ -167,7 +208,8 @@ impl Gcs for Agent {
             tokio::time::sleep(Duration::from_millis(50)).await;
             match role {
                 Role::Init => {
-                    let _ = tokio::task::spawn_blocking(move || crate::init::power_off(reboot)).await;
+                    let _ =
+                        tokio::task::spawn_blocking(move || crate::init::power_off(reboot)).await;
                 }
                 Role::Process => std::process::exit(0),
             }

@@ -1,5 +1,10 @@
 //! Turning a `ProcessSpec` into a running process: validation, PATH lookup,
 //! security policy, pipes or a pty, and a fork registered with the reaper.
+//!
+//! Errors are `tonic::Status` values built here, because the gRPC code *is*
+//! the contract (NOT_FOUND → 127, PERMISSION_DENIED → 126, ...); they are
+//! produced once per request, so their size does not matter.
+#![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
 use std::io;
@@ -64,7 +69,11 @@ fn parse_env(entries: &[String], into: &mut BTreeMap<String, String>) -> Result<
             Some((k, v)) if !k.is_empty() => {
                 into.insert(k.to_owned(), v.to_owned());
             }
-            _ => return Err(Status::invalid_argument(format!("malformed environment entry {entry:?}: want KEY=VALUE"))),
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "malformed environment entry {entry:?}: want KEY=VALUE"
+                )))
+            }
         }
     }
     Ok(())
@@ -78,13 +87,22 @@ fn is_executable(path: &Path) -> bool {
 /// nothing exists, PERMISSION_DENIED when it exists but cannot be executed.
 pub fn resolve(arg0: &str, path_var: &str, workdir: &Path) -> Result<PathBuf, Status> {
     let not_found = || Status::not_found(format!("executable file not found: {arg0}"));
-    let denied = |p: &Path| Status::permission_denied(format!("{}: permission denied (not an executable file)", p.display()));
+    let denied = |p: &Path| {
+        Status::permission_denied(format!(
+            "{}: permission denied (not an executable file)",
+            p.display()
+        ))
+    };
     if arg0.contains('/') {
         let path = workdir.join(arg0);
         if !path.exists() {
             return Err(not_found());
         }
-        return if is_executable(&path) { Ok(path) } else { Err(denied(&path)) };
+        return if is_executable(&path) {
+            Ok(path)
+        } else {
+            Err(denied(&path))
+        };
     }
     let mut found_not_exec = None;
     for dir in path_var.split(':') {
@@ -104,34 +122,52 @@ pub fn resolve(arg0: &str, path_var: &str, workdir: &Path) -> Result<PathBuf, St
 }
 
 /// Validates `spec`, resolves the executable and checks the policy.
-pub fn prepare(spec: &ProcessSpec, defaults: &ProcessDefaults, policy: &Policy) -> Result<Prepared, Status> {
+pub fn prepare(
+    spec: &ProcessSpec,
+    defaults: &ProcessDefaults,
+    policy: &Policy,
+) -> Result<Prepared, Status> {
     let Some(arg0) = spec.args.first() else {
         return Err(Status::invalid_argument("args must not be empty"));
     };
     let size: usize = spec.args.iter().chain(&spec.env).map(|s| s.len() + 1).sum();
     if size > MAX_SPEC_BYTES {
-        return Err(Status::invalid_argument(format!("args and env total {size} bytes, more than the limit of {MAX_SPEC_BYTES}")));
+        return Err(Status::invalid_argument(format!(
+            "args and env total {size} bytes, more than the limit of {MAX_SPEC_BYTES}"
+        )));
     }
     if spec.args.iter().chain(&spec.env).any(|s| s.contains('\0')) {
-        return Err(Status::invalid_argument("args and env must not contain NUL bytes"));
+        return Err(Status::invalid_argument(
+            "args and env must not contain NUL bytes",
+        ));
     }
     let mut env = BTreeMap::new();
     parse_env(&defaults.env, &mut env)?;
     parse_env(&spec.env, &mut env)?;
-    env.entry("PATH".into()).or_insert_with(|| DEFAULT_PATH.into());
+    env.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
     if let Some(tz) = &defaults.timezone {
         env.entry("TZ".into()).or_insert_with(|| tz.clone());
     }
     if spec.terminal {
         env.entry("TERM".into()).or_insert_with(|| "xterm".into());
     }
-    let workdir = PathBuf::from(if spec.workdir.is_empty() { "/" } else { &spec.workdir });
+    let workdir = PathBuf::from(if spec.workdir.is_empty() {
+        "/"
+    } else {
+        &spec.workdir
+    });
     if !workdir.is_dir() {
-        return Err(Status::invalid_argument(format!("workdir {}: no such directory", workdir.display())));
+        return Err(Status::invalid_argument(format!(
+            "workdir {}: no such directory",
+            workdir.display()
+        )));
     }
     let path = resolve(arg0, &env["PATH"], &workdir)?;
     if !policy.allows(&path, arg0) {
-        return Err(Status::failed_precondition(format!("{arg0}: denied by security policy")));
+        return Err(Status::failed_precondition(format!(
+            "{arg0}: denied by security policy"
+        )));
     }
     Ok(Prepared {
         path,
@@ -147,9 +183,9 @@ fn spawn_error(path: &Path, e: io::Error) -> Status {
     let msg = format!("{}: {e}", path.display());
     match (e.kind(), e.raw_os_error()) {
         (io::ErrorKind::NotFound, _) => Status::not_found(msg),
-        (io::ErrorKind::PermissionDenied, _) | (_, Some(libc::ENOEXEC)) | (_, Some(libc::EISDIR)) => {
-            Status::permission_denied(msg)
-        }
+        (io::ErrorKind::PermissionDenied, _)
+        | (_, Some(libc::ENOEXEC))
+        | (_, Some(libc::EISDIR)) => Status::permission_denied(msg),
         _ => Status::internal(msg),
     }
 }
@@ -162,7 +198,12 @@ fn set_cloexec(fd: &OwnedFd) -> io::Result<()> {
 
 /// Applies a window size to a pty.
 pub fn set_window(fd: i32, w: &WindowSize) {
-    let ws = libc::winsize { ws_row: w.rows as u16, ws_col: w.cols as u16, ws_xpixel: 0, ws_ypixel: 0 };
+    let ws = libc::winsize {
+        ws_row: w.rows as u16,
+        ws_col: w.cols as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCSWINSZ reads a `winsize` that lives for the whole call.
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
@@ -171,19 +212,29 @@ pub fn set_window(fd: i32, w: &WindowSize) {
 pub fn spawn(p: Prepared, reaper: &Reaper) -> Result<Running, Status> {
     let internal = |what: &str, e: &dyn std::fmt::Display| Status::internal(format!("{what}: {e}"));
     let mut cmd = Command::new(&p.path);
-    cmd.arg0(&p.args[0]).args(&p.args[1..]).env_clear().envs(&p.env).current_dir(&p.workdir);
+    cmd.arg0(&p.args[0])
+        .args(&p.args[1..])
+        .env_clear()
+        .envs(&p.env)
+        .current_dir(&p.workdir);
     let mut master = None;
     if p.terminal {
         let pty = nix::pty::openpty(None, None).map_err(|e| internal("openpty", &e))?;
-        set_cloexec(&pty.master).and_then(|_| set_cloexec(&pty.slave)).map_err(|e| internal("pty", &e))?;
+        set_cloexec(&pty.master)
+            .and_then(|_| set_cloexec(&pty.slave))
+            .map_err(|e| internal("pty", &e))?;
         if let Some(w) = &p.window {
             set_window(pty.master.as_raw_fd(), w);
         }
         let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| internal("dup", &e));
-        cmd.stdin(Stdio::from(dup(&pty.slave)?)).stdout(Stdio::from(dup(&pty.slave)?)).stderr(Stdio::from(pty.slave));
+        cmd.stdin(Stdio::from(dup(&pty.slave)?))
+            .stdout(Stdio::from(dup(&pty.slave)?))
+            .stderr(Stdio::from(pty.slave));
         master = Some(pty.master);
     } else {
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
     }
     let terminal = p.terminal;
     // SAFETY: the closure runs in the forked child before exec and only makes
@@ -199,21 +250,42 @@ pub fn spawn(p: Prepared, reaper: &Reaper) -> Result<Running, Status> {
             Ok(())
         });
     }
-    let (mut child, exit) = reaper.spawn_registered(&mut cmd).map_err(|e| spawn_error(&p.path, e))?;
+    let (mut child, exit) = reaper
+        .spawn_registered(&mut cmd)
+        .map_err(|e| spawn_error(&p.path, e))?;
     drop(cmd); // closes the parent's copies of the pty slave
     let pid = child.id() as i32;
-    let wrap = |fd: OwnedFd| FdIo::new(fd).map(Arc::new).map_err(|e| internal("stdio", &e));
+    let wrap = |fd: OwnedFd| {
+        FdIo::new(fd)
+            .map(Arc::new)
+            .map_err(|e| internal("stdio", &e))
+    };
     let running = match master {
         Some(m) => {
             let m = wrap(m)?;
-            Running { pid, stdin: m.clone(), stdout: m, stderr: None, terminal, exit }
+            Running {
+                pid,
+                stdin: m.clone(),
+                stdout: m,
+                stderr: None,
+                terminal,
+                exit,
+            }
         }
         None => {
-            let take = |fd: Option<OwnedFd>| fd.ok_or_else(|| Status::internal("missing stdio pipe"));
+            let take =
+                |fd: Option<OwnedFd>| fd.ok_or_else(|| Status::internal("missing stdio pipe"));
             let stdin = wrap(take(child.stdin.take().map(OwnedFd::from))?)?;
             let stdout = wrap(take(child.stdout.take().map(OwnedFd::from))?)?;
             let stderr = wrap(take(child.stderr.take().map(OwnedFd::from))?)?;
-            Running { pid, stdin, stdout, stderr: Some(stderr), terminal, exit }
+            Running {
+                pid,
+                stdin,
+                stdout,
+                stderr: Some(stderr),
+                terminal,
+                exit,
+            }
         }
     };
     Ok(running)
@@ -229,29 +301,54 @@ mod tests {
         let file = dir.path().join("data");
         std::fs::write(&file, "x").unwrap();
         let path = dir.path().to_str().unwrap();
-        assert_eq!(resolve("nope-xyz", path, Path::new("/")).unwrap_err().code(), tonic::Code::NotFound);
-        assert_eq!(resolve("data", path, Path::new("/")).unwrap_err().code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            resolve("nope-xyz", path, Path::new("/"))
+                .unwrap_err()
+                .code(),
+            tonic::Code::NotFound
+        );
+        assert_eq!(
+            resolve("data", path, Path::new("/")).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
         let abs = file.to_str().unwrap();
-        assert_eq!(resolve(abs, "", Path::new("/")).unwrap_err().code(), tonic::Code::PermissionDenied);
-        assert!(resolve("sh", DEFAULT_PATH, Path::new("/")).unwrap().is_absolute());
+        assert_eq!(
+            resolve(abs, "", Path::new("/")).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert!(resolve("sh", DEFAULT_PATH, Path::new("/"))
+            .unwrap()
+            .is_absolute());
     }
 
     #[test]
     fn prepare_validates_the_spec() {
         let d = ProcessDefaults::default();
         let p = Policy::AllowAll;
-        let spec = |args: &[&str]| ProcessSpec { args: args.iter().map(|s| s.to_string()).collect(), ..Default::default() };
-        assert_eq!(prepare(&spec(&[]), &d, &p).unwrap_err().code(), tonic::Code::InvalidArgument);
+        let spec = |args: &[&str]| ProcessSpec {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        assert_eq!(
+            prepare(&spec(&[]), &d, &p).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         let mut s = spec(&["true"]);
         s.workdir = "/no/such/dir".into();
         let err = prepare(&s, &d, &p).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(err.message().contains("/no/such/dir"));
         let big = "x".repeat(MAX_SPEC_BYTES);
-        assert_eq!(prepare(&spec(&["true", &big]), &d, &p).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            prepare(&spec(&["true", &big]), &d, &p).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         let mut s = spec(&["true"]);
         s.env = vec!["NOEQUALS".into()];
-        assert_eq!(prepare(&s, &d, &p).unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            prepare(&s, &d, &p).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
         let ok = prepare(&spec(&["true"]), &d, &p).unwrap();
         assert_eq!(ok.env["PATH"], DEFAULT_PATH);
     }

@@ -3,7 +3,7 @@
 use std::backtrace::Backtrace;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -64,7 +64,11 @@ impl InFlight {
             backtrace: capture.then(Backtrace::force_capture),
         };
         self.lock().insert(id, entry);
-        InFlightGuard { id, reg: self.clone(), pid }
+        InFlightGuard {
+            id,
+            reg: self.clone(),
+            pid,
+        }
     }
 
     /// One line per in-flight request, plus its captured stack.
@@ -72,7 +76,13 @@ impl InFlight {
         let entries = self.lock();
         let _ = writeln!(out, "=== in-flight requests ({}) ===", entries.len());
         for entry in entries.values() {
-            let _ = write!(out, "{} [{}] running {:.1}s", entry.name, entry.summary, entry.started.elapsed().as_secs_f64());
+            let _ = write!(
+                out,
+                "{} [{}] running {:.1}s",
+                entry.name,
+                entry.summary,
+                entry.started.elapsed().as_secs_f64()
+            );
             match entry.pid.load(Ordering::Relaxed) {
                 0 => out.push('\n'),
                 pid => {
@@ -104,12 +114,17 @@ fn truncate(s: &mut String, max: usize) {
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim_end().to_owned())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim_end().to_owned())
 }
 
 fn numeric_dirs(dir: &str) -> Vec<u32> {
     let mut ids: Vec<u32> = std::fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default();
     ids.sort_unstable();
     ids
@@ -134,7 +149,12 @@ pub fn dump(inflight: &InFlight) -> String {
     let mut out = String::new();
     let me = std::process::id();
     let tids = numeric_dirs("/proc/self/task");
-    let _ = writeln!(out, "=== uvm-gcs {} (pid {me}): {} threads ===", env!("CARGO_PKG_VERSION"), tids.len());
+    let _ = writeln!(
+        out,
+        "=== uvm-gcs {} (pid {me}): {} threads ===",
+        env!("CARGO_PKG_VERSION"),
+        tids.len()
+    );
     for tid in &tids {
         let comm = read_trimmed(&format!("/proc/self/task/{tid}/comm")).unwrap_or_default();
         let _ = writeln!(out, "thread {tid} \"{comm}\"");
@@ -149,7 +169,8 @@ pub fn dump(inflight: &InFlight) -> String {
         }
         let comm = read_trimmed(&format!("/proc/{pid}/comm")).unwrap_or_default();
         for tid in numeric_dirs(&format!("/proc/{pid}/task")) {
-            let tcomm = read_trimmed(&format!("/proc/{pid}/task/{tid}/comm")).unwrap_or_else(|| comm.clone());
+            let tcomm = read_trimmed(&format!("/proc/{pid}/task/{tid}/comm"))
+                .unwrap_or_else(|| comm.clone());
             let _ = writeln!(out, "task {pid}/{tid} \"{tcomm}\"");
             kernel_stack(&mut out, &format!("/proc/{pid}/task/{tid}/stack"));
         }

@@ -23,10 +23,18 @@ pub fn parse_stat(text: &str) -> (u64, u64, u64) {
     let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
         return (0, 0, 0);
     };
-    let v: Vec<u64> = line.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
     let at = |i: usize| v.get(i).copied().unwrap_or(0);
     let ns = |t: u64| t.saturating_mul(NS_PER_TICK);
-    (ns(at(0) + at(1)), ns(at(2) + at(5) + at(6)), ns(at(3) + at(4)))
+    (
+        ns(at(0) + at(1)),
+        ns(at(2) + at(5) + at(6)),
+        ns(at(3) + at(4)),
+    )
 }
 
 /// Monotonic time since boot (`CLOCK_BOOTTIME`), nanoseconds.
@@ -47,11 +55,16 @@ pub fn online_cpus() -> u32 {
 pub fn collect() -> GuestStats {
     let (mem_total_bytes, mem_available_bytes, mem_free_bytes) =
         parse_meminfo(&std::fs::read_to_string("/proc/meminfo").unwrap_or_default());
-    let (cpu_user_ns, cpu_system_ns, cpu_idle_ns) = parse_stat(&std::fs::read_to_string("/proc/stat").unwrap_or_default());
+    let (cpu_user_ns, cpu_system_ns, cpu_idle_ns) =
+        parse_stat(&std::fs::read_to_string("/proc/stat").unwrap_or_default());
     let process_count = std::fs::read_dir("/proc")
         .map(|rd| {
             rd.filter_map(|e| e.ok())
-                .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+                .filter(|e| {
+                    e.file_name()
+                        .to_str()
+                        .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                })
                 .count() as u32
         })
         .unwrap_or(0);
@@ -81,7 +94,10 @@ mod tests {
     #[test]
     fn stat_cpu_line_is_ns() {
         let text = "cpu  10 2 3 100 4 5 6 0 0 0\ncpu0 1 1 1 1 1 1 1 0 0 0\n";
-        assert_eq!(parse_stat(text), (12 * NS_PER_TICK, 14 * NS_PER_TICK, 104 * NS_PER_TICK));
+        assert_eq!(
+            parse_stat(text),
+            (12 * NS_PER_TICK, 14 * NS_PER_TICK, 104 * NS_PER_TICK)
+        );
     }
 
     #[test]
