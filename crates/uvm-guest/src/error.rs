@@ -104,7 +104,10 @@ impl GuestError {
             tonic::Code::PermissionDenied if op == "exec" => GuestError::NotExecutable { message },
             tonic::Code::FailedPrecondition => GuestError::DeniedByPolicy { message },
             tonic::Code::InvalidArgument => GuestError::InvalidArgument { message },
-            _ => GuestError::Rpc { op, status: Box::new(status) },
+            _ => GuestError::Rpc {
+                op,
+                status: Box::new(status),
+            },
         }
     }
 

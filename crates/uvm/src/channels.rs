@@ -1,0 +1,79 @@
+//! Per-platform channel tasks: entropy and guest log relay.
+
+use std::time::Duration;
+
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uvm_schema::Platform;
+
+/// How long a log stream may keep draining after the VM process is gone.
+pub(crate) const LOG_DRAIN: Duration = Duration::from_secs(2);
+
+/// LCOW: accepts the entropy connection and writes 512 random bytes.
+/// Gives up when the VM is gone.
+pub(crate) fn spawn_entropy(listener: UnixListener, gone: CancellationToken, vm_id: String) {
+    tokio::spawn(async move {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = gone.cancelled() => return,
+        };
+        let r = match accepted {
+            Ok((stream, _)) => uvm_guest::send_entropy(stream).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = r {
+            tracing::warn!(target: "uvm::lifecycle", vm_id, error = %e, "sending entropy failed");
+        }
+    });
+}
+
+/// Counts a running relay in `active` for its lifetime (also on abort or panic).
+struct Active(watch::Sender<usize>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+/// Relays guest logs to `tracing`. LCOW: one connection, whose end finishes
+/// the relay. WCOW: re-accepts after each connection ends, one at a time,
+/// until the VM is gone. `active` counts running relays (`wait` waits for 0).
+pub(crate) fn spawn_log_relay(
+    listener: UnixListener,
+    platform: Platform,
+    gone: CancellationToken,
+    active: watch::Sender<usize>,
+    vm_id: String,
+) {
+    active.send_modify(|n| *n += 1);
+    let guard = Active(active);
+    tokio::spawn(async move {
+        let _guard = guard;
+        loop {
+            let accepted = tokio::select! {
+                r = listener.accept() => r,
+                _ = gone.cancelled() => break,
+            };
+            let stream = match accepted {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(target: "uvm::lifecycle", vm_id, error = %e, "accepting log connection");
+                    break;
+                }
+            };
+            let drain_deadline = async {
+                gone.cancelled().await;
+                tokio::time::sleep(LOG_DRAIN).await;
+            };
+            tokio::select! {
+                _ = uvm_guest::relay_logs(stream, &vm_id) => {}
+                _ = drain_deadline => break,
+            }
+            if platform == Platform::Lcow {
+                break;
+            }
+        }
+    });
+}

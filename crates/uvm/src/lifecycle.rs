@@ -1,0 +1,389 @@
+//! The bodies of create, start and terminate, and the exit watcher. Each runs
+//! in a task owned by the manager, under the lifecycle lock.
+
+use std::future::Future;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+use uvm_guest::{GuestError, ENTROPY_ROLE, GCS_ROLE, LOG_ROLE};
+use uvm_proto::cmdline;
+use uvm_schema::{ComputeSystem, Platform};
+use uvm_vmm::UtilityVm;
+
+use crate::channels::{spawn_entropy, spawn_log_relay};
+use crate::manager::{lock, Inner, Listeners, VmInfo};
+use crate::{CreateOptions, Error, Event, ExitError, ExitStatus, Guest, StartOptions, State};
+
+/// Longest accepted VM id.
+const MAX_ID_LEN: usize = 128;
+
+fn validate_id(id: &str) -> Result<(), Error> {
+    let bad = |reason| {
+        Err(Error::InvalidId {
+            id: id.to_string(),
+            reason,
+        })
+    };
+    if id.is_empty() {
+        return bad("empty");
+    }
+    if id.len() > MAX_ID_LEN {
+        return bad("longer than 128 bytes");
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return bad("only ASCII letters, digits, '-', '_' and '.' are allowed");
+    }
+    Ok(())
+}
+
+fn platform_name(p: Platform) -> &'static str {
+    match p {
+        Platform::Lcow => "lcow",
+        Platform::Wcow => "wcow",
+    }
+}
+
+/// A copy of `doc` whose kernel command line tells the agent who it is.
+fn with_agent_cmdline(
+    doc: &ComputeSystem,
+    id: &str,
+    platform: Platform,
+    gcs_port: &str,
+) -> ComputeSystem {
+    let mut doc = doc.clone();
+    if let Some(k) = doc
+        .virtual_machine
+        .as_mut()
+        .and_then(|v| v.chipset.linux_kernel_direct.as_mut())
+    {
+        let extra = format!(
+            "{}={id} {}={} {}={gcs_port}",
+            cmdline::ID,
+            cmdline::PLATFORM,
+            platform_name(platform),
+            cmdline::GCS_PORT
+        );
+        k.kernel_cmd_line = match k.kernel_cmd_line.trim() {
+            "" => extra,
+            s => format!("{s} {extra}"),
+        };
+    }
+    doc
+}
+
+/// Races a start step against an abort and against the VM exiting.
+async fn race<T>(
+    abort: &CancellationToken,
+    vm: &Arc<dyn UtilityVm>,
+    step: &'static str,
+    fut: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::select! {
+        biased;
+        _ = abort.cancelled() => Err(Error::StartAborted),
+        reason = vm.wait() => Err(Error::VmExited { step, reason: ExitError(reason) }),
+        r = fut => r,
+    }
+}
+
+impl Inner {
+    pub(crate) async fn create(self: Arc<Self>, opts: CreateOptions) -> Result<(), Error> {
+        let _l = self.lifecycle.lock().await;
+        let state = self.state();
+        if state != State::NotCreated {
+            return Err(Error::AlreadyCreated { state });
+        }
+        validate_id(&opts.id)?;
+        for w in opts.document.validate().map_err(Error::InvalidDocument)? {
+            tracing::warn!(target: "uvm::lifecycle", vm_id = %opts.id, path = %w.path, "VM document: {}", w.message);
+        }
+        let platform = self
+            .config
+            .platform
+            .unwrap_or_else(|| opts.document.platform());
+        let gcs_port = uvm_proto::ports::GCS.to_string();
+        let doc = with_agent_cmdline(&opts.document, &opts.id, platform, &gcs_port);
+        let lcow = platform == Platform::Lcow;
+        let channels = uvm_guest::channel_set(&gcs_port, lcow);
+        let vm = self
+            .hypervisor
+            .create(&opts.id, &doc, &channels)
+            .await
+            .map_err(|e| Error::vmm("create VM", e))?;
+        let gcs = vm.take_channel(GCS_ROLE);
+        let log = vm.take_channel(LOG_ROLE);
+        let entropy = if lcow {
+            vm.take_channel(ENTROPY_ROLE)
+        } else {
+            None
+        };
+        let missing = match (&gcs, &log, &entropy) {
+            (None, _, _) => Some(GCS_ROLE),
+            (_, None, _) => Some(LOG_ROLE),
+            (_, _, None) if lcow => Some(ENTROPY_ROLE),
+            _ => None,
+        };
+        if let Some(role) = missing {
+            if let Err(e) = vm.close().await {
+                tracing::warn!(target: "uvm::lifecycle", vm_id = %opts.id, error = %e, "closing VM after failed create");
+            }
+            return Err(Error::MissingChannel { role });
+        }
+        let guest = Guest::new(opts.id.clone(), gcs).with_rpc_timeout(self.config.rpc_timeout);
+        *lock(&self.info) = Some(VmInfo {
+            id: opts.id.clone(),
+            platform,
+            gcs_port,
+            assigned_memory_bytes: doc.memory_mb() << 20,
+        });
+        *lock(&self.listeners) = Listeners { log, entropy };
+        *lock(&self.guest) = Some(Arc::new(guest));
+        *lock(&self.vm) = Some(vm.clone());
+        self.clone().spawn_exit_watcher(vm);
+        self.apply(Event::CreateOk)
+            .map_err(|e| Error::InvalidState {
+                op: "create_vm",
+                state: e.from,
+            })?;
+        tracing::info!(target: "uvm::lifecycle", vm_id = %opts.id, platform = platform_name(platform), "VM created");
+        Ok(())
+    }
+
+    pub(crate) async fn start(
+        self: Arc<Self>,
+        opts: StartOptions,
+        abort: CancellationToken,
+    ) -> Result<(), Error> {
+        let _l = tokio::select! {
+            l = self.lifecycle.lock() => l,
+            _ = abort.cancelled() => return Err(Error::StartAborted),
+        };
+        match self.state() {
+            State::Running => return Ok(()),
+            State::Created => {}
+            state => {
+                return Err(Error::InvalidState {
+                    op: "start_vm",
+                    state,
+                })
+            }
+        }
+        if abort.is_cancelled() {
+            return Err(Error::StartAborted);
+        }
+        let id = self.id();
+        match self.start_steps(&opts, &abort).await {
+            Ok(started) => {
+                *lock(&self.start_time) = Some(started);
+                self.apply(Event::StartOk)
+                    .map_err(|e| Error::InvalidState {
+                        op: "start_vm",
+                        state: e.from,
+                    })?;
+                tracing::info!(target: "uvm::lifecycle", vm_id = %id, "VM started");
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.apply(Event::StartFailed);
+                tracing::warn!(target: "uvm::lifecycle", vm_id = %id, error = %e, "VM start failed");
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_steps(
+        &self,
+        opts: &StartOptions,
+        abort: &CancellationToken,
+    ) -> Result<SystemTime, Error> {
+        let (Some(vm), Some(guest), Some(info)) = (self.vm(), self.guest(), self.info()) else {
+            return Err(Error::InvalidState {
+                op: "start_vm",
+                state: self.state(),
+            });
+        };
+        if opts.gcs_service_id.to_string() != info.gcs_port {
+            return Err(Error::FailedPrecondition(
+                "gcs_service_id differs from the GCS channel wired at create",
+            ));
+        }
+        let Listeners { log, entropy } = std::mem::take(&mut *lock(&self.listeners));
+        if let Some(l) = entropy {
+            spawn_entropy(l, self.vm_gone.clone(), info.id.clone());
+        }
+        if let Some(l) = log {
+            spawn_log_relay(
+                l,
+                info.platform,
+                self.vm_gone.clone(),
+                self.logs_active.clone(),
+                info.id.clone(),
+            );
+        }
+        race(abort, &vm, "start VM", async {
+            vm.start().await.map_err(|e| Error::vmm("start VM", e))
+        })
+        .await?;
+        let started = vm.started_time().unwrap_or_else(SystemTime::now);
+        let timeout = self.config.gcs_timeout;
+        let handshake = async {
+            guest.connect(timeout).await.map_err(|e| match e {
+                GuestError::Timeout { .. } => Error::Timeout {
+                    op: "GCS connect",
+                    timeout,
+                },
+                e => Error::guest("GCS connect", e),
+            })?;
+            guest
+                .negotiate(&opts.config_options)
+                .await
+                .map_err(|e| Error::guest("negotiate", e))
+        };
+        let bounded = async {
+            tokio::time::timeout(timeout, handshake)
+                .await
+                .map_err(|_| Error::Timeout {
+                    op: "GCS connect and negotiate",
+                    timeout,
+                })?
+        };
+        race(abort, &vm, "connect to guest", bounded).await?;
+        if info.platform == Platform::Wcow {
+            let parent = opts.gcs_service_id.to_string();
+            let finalize = async {
+                guest
+                    .update_hv_socket_address(&info.id, &parent)
+                    .await
+                    .map_err(|e| Error::guest("finalize", e))
+            };
+            race(abort, &vm, "finalize", finalize).await?;
+        }
+        if let Some(c) = &opts.confidential_options {
+            let apply = async {
+                guest
+                    .apply_confidential_options(c)
+                    .await
+                    .map_err(|e| Error::guest("set security policy", e))
+            };
+            race(abort, &vm, "confidential options", apply).await?;
+        }
+        Ok(started)
+    }
+
+    pub(crate) async fn terminate(self: Arc<Self>) -> Result<(), Error> {
+        let _l = self.lifecycle.lock().await;
+        let state = self.state();
+        let vm = match (state, self.vm()) {
+            (State::NotCreated | State::Terminated, _) | (_, None) => {
+                self.reset_abort();
+                return Ok(());
+            }
+            (_, Some(vm)) => vm,
+        };
+        let id = self.id();
+        self.terminating.store(true, Ordering::SeqCst);
+        if let Some(g) = self.guest() {
+            g.close();
+        }
+        let terminated = vm.terminate().await;
+        // Always release host resources, even when terminate failed.
+        let closed = vm.close().await;
+        match (terminated, closed) {
+            (Ok(()), Ok(())) => {
+                self.record_exit(vm.as_ref());
+                self.vm_exited.send_replace(true);
+                self.vm_gone.cancel();
+                let _ = self.apply(Event::TerminateOk);
+                let reason = vm.exit_reason().map(|r| r.to_string()).unwrap_or_default();
+                tracing::info!(target: "uvm::lifecycle", vm_id = %id, %reason, "VM exited");
+                Ok(())
+            }
+            (t, c) => {
+                let _ = self.apply(Event::TerminateFailed);
+                self.terminating.store(false, Ordering::SeqCst);
+                self.reset_abort();
+                let err = match (t, c) {
+                    (Err(t), c) => {
+                        if let Err(c) = c {
+                            tracing::warn!(target: "uvm::lifecycle", vm_id = %id, error = %c, "closing VM failed too");
+                        }
+                        Error::vmm("terminate VM", t)
+                    }
+                    (Ok(()), Err(c)) => Error::vmm("close VM", c),
+                    (Ok(()), Ok(())) => unreachable!("handled above"),
+                };
+                tracing::warn!(target: "uvm::lifecycle", vm_id = %id, error = %err, "VM terminate failed");
+                Err(err)
+            }
+        }
+    }
+
+    fn record_exit(&self, vm: &dyn UtilityVm) {
+        let err = vm.exit_reason().filter(|r| !r.is_clean()).map(ExitError);
+        let stopped_time = vm.stopped_time().unwrap_or_else(SystemTime::now);
+        *lock(&self.exit_status) = Some(ExitStatus { stopped_time, err });
+    }
+
+    /// Watches for the VM process exiting on its own: Running/Invalid →
+    /// Terminated, guest connection closed, host resources released.
+    fn spawn_exit_watcher(self: Arc<Self>, vm: Arc<dyn UtilityVm>) {
+        tokio::spawn(async move {
+            let reason = vm.wait().await;
+            self.vm_exited.send_replace(true);
+            self.vm_gone.cancel();
+            if self.terminating.load(Ordering::SeqCst) {
+                return;
+            }
+            let _l = self.lifecycle.lock().await;
+            if self.terminating.load(Ordering::SeqCst)
+                || !matches!(self.state(), State::Running | State::Invalid)
+            {
+                return;
+            }
+            if let Some(g) = self.guest() {
+                g.close();
+            }
+            let id = self.id();
+            if let Err(e) = vm.close().await {
+                tracing::warn!(target: "uvm::lifecycle", vm_id = %id, error = %e, "releasing exited VM");
+            }
+            self.record_exit(vm.as_ref());
+            let _ = self.apply(Event::VmExited);
+            tracing::info!(target: "uvm::lifecycle", vm_id = %id, %reason, clean = reason.is_clean(), "VM exited");
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids() {
+        assert!(validate_id("my-uvm_1.a").is_ok());
+        for bad in ["", "a b", "x=y", &"a".repeat(129)] {
+            assert!(
+                matches!(validate_id(bad), Err(Error::InvalidId { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn cmdline_gets_agent_keys() {
+        let doc = uvm_schema::LcowDocumentBuilder::new("/k", "/i")
+            .cmdline("console=ttyS0")
+            .build();
+        let d = with_agent_cmdline(&doc, "vm1", Platform::Lcow, "p");
+        assert_eq!(
+            d.kernel_cmdline(),
+            "console=ttyS0 uvm.id=vm1 uvm.platform=lcow uvm.gcs_port=p"
+        );
+        assert_eq!(doc.kernel_cmdline(), "console=ttyS0");
+    }
+}

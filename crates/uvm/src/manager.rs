@@ -1,0 +1,346 @@
+//! `Manager`: the `Controller` implementation.
+
+use std::future::Future;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uvm_schema::Platform;
+use uvm_vmm::{Hypervisor, UtilityVm};
+
+use crate::state::{transition, Event, InvalidTransition};
+use crate::{
+    Controller, CreateOptions, Error, ExecRequest, ExitStatus, Guest, ManagerConfig, StartOptions,
+    State, VirtualMachineStatistics,
+};
+
+/// Facts about the created VM.
+#[derive(Debug, Clone)]
+pub(crate) struct VmInfo {
+    pub id: String,
+    pub platform: Platform,
+    pub gcs_port: String,
+    pub assigned_memory_bytes: u64,
+}
+
+/// Listeners kept between create and start.
+#[derive(Default)]
+pub(crate) struct Listeners {
+    pub log: Option<UnixListener>,
+    pub entropy: Option<UnixListener>,
+}
+
+/// Shared state of a [`Manager`]; lifecycle bodies run in tasks holding an `Arc` of it.
+pub(crate) struct Inner {
+    pub hypervisor: Arc<dyn Hypervisor>,
+    pub config: ManagerConfig,
+    /// The state; read without waiting, written only through [`Inner::apply`].
+    pub state: watch::Sender<State>,
+    /// Serialises create/start/terminate and the exit watcher's transition.
+    pub lifecycle: tokio::sync::Mutex<()>,
+    pub vm: Mutex<Option<Arc<dyn UtilityVm>>>,
+    pub guest: Mutex<Option<Arc<Guest>>>,
+    pub listeners: Mutex<Listeners>,
+    pub info: Mutex<Option<VmInfo>>,
+    /// Parent of every start's abort token; terminate cancels it.
+    pub abort: Mutex<CancellationToken>,
+    /// Set while terminate owns the VM's end (the exit watcher stands aside).
+    pub terminating: AtomicBool,
+    pub start_time: Mutex<Option<SystemTime>>,
+    pub exit_status: Mutex<Option<ExitStatus>>,
+    /// True once the VM process is known to have exited.
+    pub vm_exited: watch::Sender<bool>,
+    /// Number of running log relays.
+    pub logs_active: watch::Sender<usize>,
+    /// Cancelled once the VM process is gone (channel tasks stop accepting).
+    pub vm_gone: CancellationToken,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    pub(crate) fn state(&self) -> State {
+        *self.state.borrow()
+    }
+
+    /// Applies `event` through [`transition`]; the only writer of the state.
+    pub(crate) fn apply(&self, event: Event) -> Result<State, InvalidTransition> {
+        let mut result = None;
+        self.state.send_if_modified(|s| {
+            let r = transition(*s, event);
+            let changed = matches!(r, Ok(next) if next != *s);
+            if let Ok(next) = r {
+                *s = next;
+            }
+            result = Some(r);
+            changed
+        });
+        let r = result.expect("send_if_modified runs its closure");
+        match &r {
+            Ok(next) => {
+                tracing::debug!(target: "uvm::lifecycle", vm_id = %self.id(), ?event, state = %next, "transition")
+            }
+            Err(e) => {
+                tracing::debug!(target: "uvm::lifecycle", vm_id = %self.id(), error = %e, "transition refused")
+            }
+        }
+        r
+    }
+
+    pub(crate) fn id(&self) -> String {
+        lock(&self.info)
+            .as_ref()
+            .map(|i| i.id.clone())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn info(&self) -> Option<VmInfo> {
+        lock(&self.info).clone()
+    }
+
+    pub(crate) fn vm(&self) -> Option<Arc<dyn UtilityVm>> {
+        lock(&self.vm).clone()
+    }
+
+    pub(crate) fn guest(&self) -> Option<Arc<Guest>> {
+        lock(&self.guest).clone()
+    }
+
+    /// The guest, if the VM is Running; else the state error for `op`.
+    pub(crate) fn require_running(&self, op: &'static str) -> Result<Arc<Guest>, Error> {
+        match (self.state(), self.guest()) {
+            (State::Running, Some(g)) => Ok(g),
+            (state, _) => Err(Error::InvalidState { op, state }),
+        }
+    }
+
+    /// A fresh abort parent once the old one was used (after a terminate that
+    /// did not end the VM), so later starts are not born cancelled.
+    pub(crate) fn reset_abort(&self) {
+        let mut a = lock(&self.abort);
+        if a.is_cancelled() {
+            *a = CancellationToken::new();
+        }
+    }
+}
+
+/// Runs `fut` in a task owned by the manager and awaits it: dropping the
+/// caller's future does not stop the body half-way.
+async fn owned<T: Send + 'static>(fut: impl Future<Output = T> + Send + 'static) -> T {
+    match tokio::spawn(fut).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// The VM controller (the seed's `Manager`): drives one Utility VM through
+/// its lifecycle. See the crate docs for the guarantees.
+pub struct Manager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("state", &self.inner.state())
+            .field("id", &self.inner.id())
+            .finish()
+    }
+}
+
+impl Default for Manager {
+    fn default() -> Self {
+        Manager::new()
+    }
+}
+
+impl Manager {
+    /// A controller in `NotCreated` using the default (QEMU) backend (`NewController`).
+    pub fn new() -> Self {
+        Manager::with_hypervisor(crate::backend::default_hypervisor())
+    }
+
+    /// A controller using `hypervisor` as its backend.
+    pub fn with_hypervisor(hypervisor: Arc<dyn Hypervisor>) -> Self {
+        Manager::with_config(hypervisor, ManagerConfig::default())
+    }
+
+    /// A controller with explicit tunables.
+    pub fn with_config(hypervisor: Arc<dyn Hypervisor>, config: ManagerConfig) -> Self {
+        let inner = Inner {
+            hypervisor,
+            config,
+            state: watch::Sender::new(State::NotCreated),
+            lifecycle: tokio::sync::Mutex::new(()),
+            vm: Mutex::new(None),
+            guest: Mutex::new(None),
+            listeners: Mutex::new(Listeners::default()),
+            info: Mutex::new(None),
+            abort: Mutex::new(CancellationToken::new()),
+            terminating: AtomicBool::new(false),
+            start_time: Mutex::new(None),
+            exit_status: Mutex::new(None),
+            vm_exited: watch::Sender::new(false),
+            logs_active: watch::Sender::new(0),
+            vm_gone: CancellationToken::new(),
+        };
+        Manager {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Sets the bound on GCS connect + negotiate during `start_vm`
+    /// (default [`crate::DEFAULT_GCS_TIMEOUT`]). Call before `create_vm`.
+    pub fn with_gcs_timeout(self, timeout: Duration) -> Self {
+        let config = ManagerConfig {
+            gcs_timeout: timeout,
+            ..self.inner.config.clone()
+        };
+        Manager::with_config(self.inner.hypervisor.clone(), config)
+    }
+
+    /// The tunables in use.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.inner.config
+    }
+
+    /// The backend's VM handle (pid, runtime dir...), once created.
+    pub fn utility_vm(&self) -> Option<Arc<dyn UtilityVm>> {
+        self.inner.vm()
+    }
+
+    /// The platform variant in use, once created.
+    pub fn platform(&self) -> Option<Platform> {
+        self.inner.info().map(|i| i.platform)
+    }
+
+    /// A receiver that sees every state change (for observers and tests).
+    pub fn subscribe_state(&self) -> watch::Receiver<State> {
+        self.inner.state.subscribe()
+    }
+}
+
+impl Drop for Manager {
+    /// A manager dropped with a live VM terminates it in the background (when
+    /// a tokio runtime is around; the backend's own guards cover the rest).
+    fn drop(&mut self) {
+        if matches!(self.inner.state(), State::NotCreated | State::Terminated) {
+            return;
+        }
+        lock(&self.inner.abort).cancel();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let inner = self.inner.clone();
+            rt.spawn(async move {
+                let _ = inner.terminate().await;
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Controller for Manager {
+    fn guest(&self) -> Option<Arc<Guest>> {
+        self.inner.guest()
+    }
+
+    fn state(&self) -> State {
+        self.inner.state()
+    }
+
+    async fn create_vm(&self, opts: CreateOptions) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        owned(async move { inner.create(opts).await }).await
+    }
+
+    async fn start_vm(&self, opts: StartOptions) -> Result<(), Error> {
+        if self.inner.state() == State::Running {
+            return Ok(());
+        }
+        let abort = lock(&self.inner.abort).child_token();
+        // Dropping this call aborts the start (the VM then ends Invalid).
+        let guard = abort.clone().drop_guard();
+        let inner = self.inner.clone();
+        let r = owned(async move { inner.start(opts, abort).await }).await;
+        guard.disarm();
+        r
+    }
+
+    async fn exec_into_host(&self, req: ExecRequest) -> Result<i32, Error> {
+        let guest = self.inner.require_running("exec_into_host")?;
+        guest
+            .exec_with_paths(&req)
+            .await
+            .map_err(|e| Error::guest("exec", e))
+    }
+
+    async fn dump_stacks(&self) -> Result<String, Error> {
+        let guest = self.inner.require_running("dump_stacks")?;
+        guest
+            .dump_stacks(self.inner.config.rpc_timeout)
+            .await
+            .map_err(|e| Error::guest("dump stacks", e))
+    }
+
+    async fn wait(&self) -> Result<(), Error> {
+        let state = self.inner.state();
+        if state == State::NotCreated {
+            return Err(Error::InvalidState { op: "wait", state });
+        }
+        let mut exited = self.inner.vm_exited.subscribe();
+        let _ = exited.wait_for(|e| *e).await;
+        let mut logs = self.inner.logs_active.subscribe();
+        let _ = logs.wait_for(|n| *n == 0).await;
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<VirtualMachineStatistics, Error> {
+        let guest = self.inner.require_running("stats")?;
+        let vm = self.inner.vm().ok_or(Error::InvalidState {
+            op: "stats",
+            state: self.state(),
+        })?;
+        let assigned = self
+            .inner
+            .info()
+            .map(|i| i.assigned_memory_bytes)
+            .unwrap_or(0);
+        let (host, g) = tokio::join!(vm.statistics(), guest.stats(self.inner.config.rpc_timeout));
+        let host = host.map_err(|e| Error::vmm("VM statistics", e))?;
+        let g = g.map_err(|e| Error::guest("guest stats", e))?;
+        Ok(crate::stats::build(&host, assigned, &g))
+    }
+
+    async fn terminate_vm(&self) -> Result<(), Error> {
+        if matches!(self.inner.state(), State::NotCreated | State::Terminated) {
+            return Ok(());
+        }
+        // Abort an in-flight start before queueing for the lifecycle lock.
+        lock(&self.inner.abort).cancel();
+        let inner = self.inner.clone();
+        owned(async move { inner.terminate().await }).await
+    }
+
+    fn start_time(&self) -> Option<SystemTime> {
+        match self.inner.state() {
+            State::Running | State::Terminated => *lock(&self.inner.start_time),
+            _ => None,
+        }
+    }
+
+    fn exit_status(&self) -> Result<ExitStatus, Error> {
+        let state = self.inner.state();
+        match (state, lock(&self.inner.exit_status).clone()) {
+            (State::Terminated, Some(s)) => Ok(s),
+            (state, _) => Err(Error::InvalidState {
+                op: "exit_status",
+                state,
+            }),
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! Options and results of the controller's operations.
+
+use std::time::{Duration, SystemTime};
+
+use uvm_guest::{ConfidentialOptions, ConfigOption};
+
+use crate::{vsock_service_id, ExitError, LINUX_GCS_VSOCK_PORT};
+
+/// What `create_vm` needs.
+#[derive(Debug, Clone)]
+pub struct CreateOptions {
+    /// Unique id of the VM (non-empty, no whitespace; becomes the guest hostname).
+    pub id: String,
+    /// The VM document.
+    pub document: uvm_schema::ComputeSystem,
+}
+
+/// What `start_vm` needs.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    /// Service id of the GCS channel. It must be the one the channel was wired
+    /// with at create (the Linux GCS id, [`crate::DEFAULT_GCS_SERVICE_ID`]).
+    pub gcs_service_id: uuid::Uuid,
+    /// Guest configuration applied during the handshake.
+    pub config_options: Vec<ConfigOption>,
+    /// Security policy and confidential options; None = the agent's default.
+    pub confidential_options: Option<ConfidentialOptions>,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            gcs_service_id: vsock_service_id(LINUX_GCS_VSOCK_PORT),
+            config_options: Vec::new(),
+            confidential_options: None,
+        }
+    }
+}
+
+/// How a VM that reached `Terminated` ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExitStatus {
+    /// When the VM stopped.
+    pub stopped_time: SystemTime,
+    /// Why, when it was not a clean exit (guest poweroff and terminate on
+    /// request are clean: None).
+    pub err: Option<ExitError>,
+}
+
+/// Default bound on accepting the GCS connection and negotiating: generous,
+/// because under TCG (no KVM) a boot takes seconds and a loaded host more.
+pub const DEFAULT_GCS_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default bound of guest RPCs made by the controller (stats, dump stacks, policy).
+pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Tunables of a [`crate::Manager`].
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Bound on GCS connect + negotiate in `start_vm` ([`DEFAULT_GCS_TIMEOUT`]).
+    pub gcs_timeout: Duration,
+    /// Bound of each guest RPC ([`DEFAULT_RPC_TIMEOUT`]).
+    pub rpc_timeout: Duration,
+    /// Overrides the platform picked from the document (LinuxKernelDirect ⇒
+    /// Lcow). No document that validates selects WCOW today; this runs the
+    /// WCOW variant (no entropy, re-accepting log, finalize step).
+    pub platform: Option<uvm_schema::Platform>,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            gcs_timeout: DEFAULT_GCS_TIMEOUT,
+            rpc_timeout: DEFAULT_RPC_TIMEOUT,
+            platform: None,
+        }
+    }
+}
