@@ -305,7 +305,6 @@ impl Inner {
             }
             (t, c) => {
                 let _ = self.apply(Event::TerminateFailed);
-                self.terminating.store(false, Ordering::SeqCst);
                 self.reset_abort();
                 let err = match (t, c) {
                     (Err(t), c) => {

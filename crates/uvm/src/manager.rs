@@ -48,7 +48,8 @@ pub(crate) struct Inner {
     pub info: Mutex<Option<VmInfo>>,
     /// Parent of every start's abort token; terminate cancels it.
     pub abort: Mutex<CancellationToken>,
-    /// Set while terminate owns the VM's end (the exit watcher stands aside).
+    /// Set once terminate has asked the VM to stop: from then on terminate owns
+    /// the VM's end and the exit watcher stands aside (never reset).
     pub terminating: AtomicBool,
     pub start_time: Mutex<Option<SystemTime>>,
     pub exit_status: Mutex<Option<ExitStatus>>,
@@ -230,7 +231,7 @@ impl Drop for Manager {
     /// A manager dropped with a live VM terminates it in the background (when
     /// a tokio runtime is around; the backend's own guards cover the rest).
     fn drop(&mut self) {
-        if matches!(self.inner.state(), State::NotCreated | State::Terminated) {
+        if self.inner.state() == State::Terminated {
             return;
         }
         lock(&self.inner.abort).cancel();
@@ -317,9 +318,11 @@ impl Controller for Manager {
     }
 
     async fn terminate_vm(&self) -> Result<(), Error> {
-        if matches!(self.inner.state(), State::NotCreated | State::Terminated) {
+        if self.inner.state() == State::Terminated {
             return Ok(());
         }
+        // Not short-cut in NotCreated: an in-flight create (its caller may have
+        // dropped it) finishes first and its VM is then terminated.
         // Abort an in-flight start before queueing for the lifecycle lock.
         lock(&self.inner.abort).cancel();
         let inner = self.inner.clone();
