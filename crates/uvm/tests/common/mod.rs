@@ -91,19 +91,8 @@ impl Env {
     /// Terminates and checks nothing is left.
     pub async fn finish(&self) {
         self.mgr.terminate_vm().await.unwrap();
-        assert_eq!(self.mgr.state_or_not_created(), true);
+        assert!(matches!(self.mgr.state(), State::Terminated | State::NotCreated));
         assert!(self.hv.all_released(), "fake VM left behind");
-    }
-}
-
-/// Whether the manager ended Terminated (or never created anything).
-pub trait Ended {
-    fn state_or_not_created(&self) -> bool;
-}
-
-impl Ended for Manager {
-    fn state_or_not_created(&self) -> bool {
-        matches!(self.state(), State::Terminated | State::NotCreated)
     }
 }
 
