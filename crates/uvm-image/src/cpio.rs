@@ -75,7 +75,12 @@ impl Archive {
 
     /// Adds a symbolic link `path` -> `target`.
     pub fn symlink(&mut self, path: &str, target: &str) -> Result<&mut Self> {
-        self.insert(path, Node::Symlink { target: target.to_owned() })
+        self.insert(
+            path,
+            Node::Symlink {
+                target: target.to_owned(),
+            },
+        )
     }
 
     /// Adds a character device node (e.g. `/dev/console`, 5:1).
@@ -107,7 +112,9 @@ impl Archive {
         let path = normalize(path)?;
         let mut parent = path.as_str();
         while let Some((p, _)) = parent.rsplit_once('/') {
-            self.entries.entry(p.to_owned()).or_insert(Node::Dir { mode: 0o755 });
+            self.entries
+                .entry(p.to_owned())
+                .or_insert(Node::Dir { mode: 0o755 });
             parent = p;
         }
         self.entries.insert(path, node);
@@ -132,8 +139,10 @@ impl Archive {
                 Node::Symlink { target } => (S_IFLNK | 0o777, 1, target.as_bytes(), (0, 0)),
                 Node::CharDev { mode, major, minor } => (S_IFCHR | mode, 1, &[], (*major, *minor)),
             };
-            let size = u32::try_from(data.len())
-                .map_err(|_| Error::TooLarge { path: path.clone(), len: data.len() })?;
+            let size = u32::try_from(data.len()).map_err(|_| Error::TooLarge {
+                path: path.clone(),
+                len: data.len(),
+            })?;
             let mut entry = cpio::newc::Builder::new(path)
                 .ino(ino)
                 .mode(mode)
@@ -154,7 +163,10 @@ impl Archive {
 
 /// Strips leading `/`, rejects empty, `.`/`..` components and NULs.
 fn normalize(path: &str) -> Result<String> {
-    let bad = |reason| Error::InvalidGuestPath { path: path.to_owned(), reason };
+    let bad = |reason| Error::InvalidGuestPath {
+        path: path.to_owned(),
+        reason,
+    };
     let p = path.trim_start_matches('/').trim_end_matches('/');
     if p.is_empty() {
         return Err(bad("empty"));
@@ -173,9 +185,13 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    type Op = Box<dyn Fn(&mut Archive)>;
+    /// name, ino, mode, mtime, (rdev major, minor), data
+    type Parsed = (String, u32, u32, u32, (u32, u32), Vec<u8>);
+
     fn sample(reverse: bool) -> Archive {
         let mut a = Archive::new();
-        let mut ops: Vec<Box<dyn Fn(&mut Archive)>> = vec![
+        let mut ops: Vec<Op> = vec![
             Box::new(|a| drop(a.file("/init", 0o755, b"#!/bin/sh\n".to_vec()))),
             Box::new(|a| drop(a.symlink("/bin/sh", "busybox"))),
             Box::new(|a| drop(a.file("/bin/busybox", 0o755, vec![7; 1001]))),
@@ -192,7 +208,7 @@ mod tests {
     }
 
     /// Parses an archive back with the `cpio` crate's reader.
-    fn parse(bytes: &[u8]) -> Vec<(String, u32, u32, u32, (u32, u32), Vec<u8>)> {
+    fn parse(bytes: &[u8]) -> Vec<Parsed> {
         let mut out = Vec::new();
         let mut r: &[u8] = bytes;
         loop {
@@ -204,7 +220,14 @@ mod tests {
             let mut data = Vec::new();
             reader.read_to_end(&mut data).unwrap();
             let (name, ino, mode, mtime) = (e.name().to_owned(), e.ino(), e.mode(), e.mtime());
-            out.push((name, ino, mode, mtime, (e.rdev_major(), e.rdev_minor()), data));
+            out.push((
+                name,
+                ino,
+                mode,
+                mtime,
+                (e.rdev_major(), e.rdev_minor()),
+                data,
+            ));
             r = reader.finish().unwrap();
         }
         out
@@ -223,7 +246,18 @@ mod tests {
     fn structure_parses_back() {
         let entries = parse(&sample(false).to_bytes().unwrap());
         let names: Vec<&str> = entries.iter().map(|e| e.0.as_str()).collect();
-        assert_eq!(names, ["bin", "bin/busybox", "bin/sh", "dev", "dev/console", "init", "proc"]);
+        assert_eq!(
+            names,
+            [
+                "bin",
+                "bin/busybox",
+                "bin/sh",
+                "dev",
+                "dev/console",
+                "init",
+                "proc"
+            ]
+        );
         for (i, e) in entries.iter().enumerate() {
             assert_eq!(e.1, i as u32 + 1, "inode of {}", e.0);
             assert_eq!(e.3, 0, "mtime of {}", e.0);
@@ -245,7 +279,10 @@ mod tests {
         let mut a = Archive::new();
         for p in ["", "/", "a/../b", "a//b", "./a", "a\0b"] {
             let err = a.dir(p, 0o755).unwrap_err();
-            assert!(matches!(err, Error::InvalidGuestPath { .. }), "{p:?}: {err}");
+            assert!(
+                matches!(err, Error::InvalidGuestPath { .. }),
+                "{p:?}: {err}"
+            );
         }
         assert!(a.is_empty());
     }
@@ -257,6 +294,12 @@ mod tests {
         a.file("a/b/c/", 0o600, vec![2]).unwrap();
         assert!(a.contains("/a") && a.contains("a/b"));
         assert_eq!(a.len(), 3);
-        assert_eq!(a.get("/a/b/c"), Some(&Node::File { mode: 0o600, data: vec![2] }));
+        assert_eq!(
+            a.get("/a/b/c"),
+            Some(&Node::File {
+                mode: 0o600,
+                data: vec![2]
+            })
+        );
     }
 }

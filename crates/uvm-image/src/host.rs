@@ -54,7 +54,10 @@ pub fn locate_agent() -> Result<PathBuf> {
 
 /// Finds a static busybox: `/bin/busybox` or `/usr/bin/busybox`.
 pub fn locate_busybox() -> Result<PathBuf> {
-    let tried: Vec<PathBuf> = ["/bin/busybox", "/usr/bin/busybox"].iter().map(PathBuf::from).collect();
+    let tried: Vec<PathBuf> = ["/bin/busybox", "/usr/bin/busybox"]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
     match tried.iter().find(|p| p.is_file()) {
         Some(p) => {
             check_static(p, BUSYBOX_FIX)?;
@@ -76,13 +79,20 @@ pub fn check_static(path: &Path, fix: &'static str) -> Result<()> {
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut n = 0;
     while n < head.len() {
-        match f.read(&mut head[n..]).map_err(|e| Error::io("read", path, e))? {
+        match f
+            .read(&mut head[n..])
+            .map_err(|e| Error::io("read", path, e))?
+        {
             0 => break,
             k => n += k,
         }
     }
     head.truncate(n);
-    let not_static = |reason| Error::NotStatic { path: path.to_owned(), reason, fix };
+    let not_static = |reason| Error::NotStatic {
+        path: path.to_owned(),
+        reason,
+        fix,
+    };
     match elf_interp(&head) {
         Err(reason) => Err(not_static(reason)),
         Ok(true) => Err(not_static("dynamically linked: it has a PT_INTERP segment")),
@@ -140,7 +150,10 @@ mod tests {
         let p = dir.path().join("uvm-gcs");
         std::fs::write(&p, elf(&[6, 3, 1])).unwrap();
         let err = check_static(&p, AGENT_FIX).unwrap_err().to_string();
-        assert!(err.contains("dynamically linked") && err.contains("crt-static"), "{err}");
+        assert!(
+            err.contains("dynamically linked") && err.contains("crt-static"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -154,7 +167,14 @@ mod tests {
 
     #[test]
     fn agent_not_found_lists_paths_and_fix() {
-        let err = Error::AgentNotFound { tried: vec!["/a/uvm-gcs".into(), "/b/uvm-gcs".into()] }.to_string();
-        assert!(err.contains("/a/uvm-gcs, /b/uvm-gcs") && err.contains("cargo build --release -p uvm-gcs"), "{err}");
+        let err = Error::AgentNotFound {
+            tried: vec!["/a/uvm-gcs".into(), "/b/uvm-gcs".into()],
+        }
+        .to_string();
+        assert!(
+            err.contains("/a/uvm-gcs, /b/uvm-gcs")
+                && err.contains("cargo build --release -p uvm-gcs"),
+            "{err}"
+        );
     }
 }

@@ -20,7 +20,8 @@ pub struct Image {
     pub kernel: PathBuf,
     /// Initramfs (`-initrd`), an uncompressed newc cpio.
     pub initrd: PathBuf,
-    /// Base kernel command line; the backend appends its own settings.
+    /// Base kernel command line; the backend appends its own settings. For
+    /// microvm it ends with `tsc_early_khz=<host TSC kHz>` (see [`crate::host_tsc_khz`]).
     pub cmdline: String,
     /// Which kernel this is.
     pub kind: KernelKind,
@@ -50,7 +51,12 @@ impl Kernel {
             KernelKind::Stock => {
                 let (path, release) = kernel::stock_kernel()?;
                 std::fs::File::open(&path).map_err(|e| Error::io("read", &path, e))?;
-                Ok(Self { path, machine: MachineHint::Q35, cmdline: kernel::STOCK_CMDLINE, release: Some(release) })
+                Ok(Self {
+                    path,
+                    machine: MachineHint::Q35,
+                    cmdline: kernel::STOCK_CMDLINE,
+                    release: Some(release),
+                })
             }
             KernelKind::Path(p) => Ok(match kernel::kernel_format(p)? {
                 KernelFormat::Elf => Self {
@@ -59,20 +65,28 @@ impl Kernel {
                     cmdline: kernel::TUNED_CMDLINE.trim(),
                     release: None,
                 },
-                KernelFormat::BzImage { release } => {
-                    Self { path: p.clone(), machine: MachineHint::Q35, cmdline: kernel::STOCK_CMDLINE, release }
-                }
+                KernelFormat::BzImage { release } => Self {
+                    path: p.clone(),
+                    machine: MachineHint::Q35,
+                    cmdline: kernel::STOCK_CMDLINE,
+                    release,
+                },
             }),
         }
     }
 
     /// Modules to ship: only for a bzImage whose release has a module tree.
     fn modules(&self, make: fn(&str) -> KernelModules) -> Result<Option<KernelModules>> {
-        let Some(release) = &self.release else { return Ok(None) };
+        let Some(release) = &self.release else {
+            return Ok(None);
+        };
         let m = make(release);
         if self.machine == MachineHint::Q35 && !m.dir.join("modules.dep").is_file() {
             if matches!(self.path.parent(), Some(p) if p == std::path::Path::new("/boot")) {
-                return Err(Error::ModulesMissing { release: release.clone(), path: m.dir.join("modules.dep") });
+                return Err(Error::ModulesMissing {
+                    release: release.clone(),
+                    path: m.dir.join("modules.dep"),
+                });
             }
             tracing::warn!(release = %release, "no module tree for this kernel; booting without modules");
             return Ok(None);
@@ -81,10 +95,20 @@ impl Kernel {
     }
 
     fn image(self, kind: &KernelKind, initrd: PathBuf) -> Image {
+        let mut cmdline = self.cmdline.to_owned();
+        if self.machine == MachineHint::Microvm {
+            // microvm has no clock to calibrate the TSC against; see `host_tsc_khz`.
+            match crate::host_tsc_khz() {
+                Some(khz) => cmdline.push_str(&format!(" tsc_early_khz={khz}")),
+                None => {
+                    tracing::warn!("host TSC frequency unknown; a microvm guest may hang under TCG")
+                }
+            }
+        }
         Image {
             kernel: self.path,
             initrd,
-            cmdline: self.cmdline.to_owned(),
+            cmdline,
             kind: kind.clone(),
             machine: self.machine,
             release: self.release,
@@ -143,10 +167,17 @@ pub fn compile_rawinit(progress: &dyn Fn(&str)) -> Result<PathBuf> {
         .arg(&tmp)
         .arg(&src)
         .output()
-        .map_err(|source| Error::Spawn { program: program.clone(), source })?;
+        .map_err(|source| Error::Spawn {
+            program: program.clone(),
+            source,
+        })?;
     if !res.status.success() {
         let stderr = String::from_utf8_lossy(&res.stderr).into_owned();
-        return Err(Error::Command { program, status: res.status, stderr });
+        return Err(Error::Command {
+            program,
+            status: res.status,
+            stderr,
+        });
     }
     std::fs::rename(&tmp, &out).map_err(|e| Error::io("rename", &tmp, e))?;
     Ok(out)

@@ -56,14 +56,22 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 impl Inputs {
     fn load(spec: &InitramfsSpec) -> Result<Self> {
         let modules = match &spec.modules {
-            Some(m) => m.resolve()?.into_iter().map(|r| Ok((r.guest_path, read(&r.host_path)?))).collect::<Result<_>>()?,
+            Some(m) => m
+                .resolve()?
+                .into_iter()
+                .map(|r| Ok((r.guest_path, read(&r.host_path)?)))
+                .collect::<Result<_>>()?,
             None => Vec::new(),
         };
         Ok(Self {
             agent: read(&spec.agent)?,
             busybox: spec.busybox.as_deref().map(read).transpose()?,
             modules,
-            extra: spec.extra_files.iter().map(|(g, h, m)| Ok((g.clone(), read(h)?, *m))).collect::<Result<_>>()?,
+            extra: spec
+                .extra_files
+                .iter()
+                .map(|(g, h, m)| Ok((g.clone(), read(h)?, *m)))
+                .collect::<Result<_>>()?,
         })
     }
 
@@ -125,18 +133,32 @@ fn busybox_applets(busybox: &Path) -> Result<Vec<String>> {
     let out = Command::new(busybox)
         .arg("--list-full")
         .output()
-        .map_err(|source| Error::Spawn { program: program.clone(), source })?;
+        .map_err(|source| Error::Spawn {
+            program: program.clone(),
+            source,
+        })?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        return Err(Error::Command { program, status: out.status, stderr });
+        return Err(Error::Command {
+            program,
+            status: out.status,
+            stderr,
+        });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect())
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
 }
 
 /// Builds the initramfs described by `spec` as newc cpio bytes (uncompressed).
 /// The same inputs always give the same bytes.
 pub fn build_initramfs(spec: &InitramfsSpec) -> Result<Vec<u8>> {
-    Inputs::load(spec)?.archive(spec.busybox.as_deref())?.to_bytes()
+    Inputs::load(spec)?
+        .archive(spec.busybox.as_deref())?
+        .to_bytes()
 }
 
 /// Builds the initramfs into the cache, `<cache>/initramfs/<key>.cpio`, unless
@@ -190,7 +212,10 @@ mod tests {
         let mut s = spec(d.path(), b"\x7fELF-agent");
         let busybox = crate::locate_busybox().ok();
         s.busybox = busybox.clone();
-        let a = Inputs::load(&s).unwrap().archive(busybox.as_deref()).unwrap();
+        let a = Inputs::load(&s)
+            .unwrap()
+            .archive(busybox.as_deref())
+            .unwrap();
         assert_eq!(build_initramfs(&s).unwrap(), build_initramfs(&s).unwrap());
         for (dir, _) in BASE_DIRS {
             assert!(a.contains(dir), "{dir}");
@@ -198,7 +223,12 @@ mod tests {
         assert!(a.contains("/dev/console") && a.contains("/init") && a.contains("/etc/hello"));
         assert!(!a.contains(LOAD_ORDER_FILE));
         if busybox.is_some() {
-            assert_eq!(a.get("/bin/sh"), Some(&crate::cpio::Node::Symlink { target: "/bin/busybox".into() }));
+            assert_eq!(
+                a.get("/bin/sh"),
+                Some(&crate::cpio::Node::Symlink {
+                    target: "/bin/busybox".into()
+                })
+            );
         }
     }
 
@@ -208,6 +238,9 @@ mod tests {
         let mut s = spec(d.path(), b"x");
         s.agent = d.path().join("nope");
         let err = build_initramfs(&s).unwrap_err();
-        assert_eq!(err.to_string(), format!("cannot read {}", d.path().join("nope").display()));
+        assert_eq!(
+            err.to_string(),
+            format!("cannot read {}", d.path().join("nope").display())
+        );
     }
 }

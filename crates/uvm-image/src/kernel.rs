@@ -17,7 +17,8 @@ pub const CONFIG_FRAGMENT: &str = include_str!("../../../guest/kernel/uvm.config
 /// Base command line for the tuned kernel on `-M microvm` (`guest/kernel/cmdline`).
 pub const TUNED_CMDLINE: &str = include_str!("../../../guest/kernel/cmdline");
 /// Base command line for a stock kernel on `-M q35`.
-pub const STOCK_CMDLINE: &str = "console=ttyS0 panic=-1 quiet no_timer_check tsc=reliable i8042.noaux i8042.nokbd i8042.nopnp";
+pub const STOCK_CMDLINE: &str =
+    "console=ttyS0 panic=-1 quiet no_timer_check tsc=reliable i8042.noaux i8042.nokbd i8042.nopnp";
 /// Default kernel source tarball (`UVM_KERNEL_SOURCE` overrides it).
 pub const DEFAULT_KERNEL_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
 
@@ -54,17 +55,27 @@ pub enum KernelFormat {
 }
 
 fn kernel_source() -> PathBuf {
-    std::env::var_os("UVM_KERNEL_SOURCE").map_or_else(|| PathBuf::from(DEFAULT_KERNEL_SOURCE), PathBuf::from)
+    std::env::var_os("UVM_KERNEL_SOURCE")
+        .map_or_else(|| PathBuf::from(DEFAULT_KERNEL_SOURCE), PathBuf::from)
 }
 
 /// Identity of the source tarball as `build.sh` computes it: `name:size:mtime`.
 fn source_identity(path: &Path) -> Result<String> {
     let md = std::fs::metadata(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::KernelSourceMissing { path: path.to_owned() },
+        std::io::ErrorKind::NotFound => Error::KernelSourceMissing {
+            path: path.to_owned(),
+        },
         _ => Error::io("stat", path, e),
     })?;
-    let mtime = md.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_secs());
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mtime = md
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     Ok(format!("{name}:{}:{mtime}", md.len()))
 }
 
@@ -100,7 +111,10 @@ pub fn build_tuned_kernel(progress: &dyn Fn(&str)) -> Result<PathBuf> {
     }
     let source = kernel_source();
     source_identity(&source)?;
-    let dir = tempfile::Builder::new().prefix("uvm-kernel-build").tempdir().map_err(|e| Error::io("create", std::env::temp_dir(), e))?;
+    let dir = tempfile::Builder::new()
+        .prefix("uvm-kernel-build")
+        .tempdir()
+        .map_err(|e| Error::io("create", std::env::temp_dir(), e))?;
     let script = dir.path().join("build.sh");
     let fragment = dir.path().join("uvm.config");
     std::fs::write(&script, BUILD_SCRIPT).map_err(|e| Error::io("write", &script, e))?;
@@ -115,7 +129,10 @@ pub fn build_tuned_kernel(progress: &dyn Fn(&str)) -> Result<PathBuf> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| Error::Spawn { program: "bash guest/kernel/build.sh".into(), source })?;
+        .map_err(|source| Error::Spawn {
+            program: "bash guest/kernel/build.sh".into(),
+            source,
+        })?;
     let mut tail = std::collections::VecDeque::with_capacity(40);
     if let Some(err) = child.stderr.take() {
         for line in BufReader::new(err).lines().map_while(|l| l.ok()) {
@@ -130,7 +147,10 @@ pub fn build_tuned_kernel(progress: &dyn Fn(&str)) -> Result<PathBuf> {
     if let Some(mut o) = child.stdout.take() {
         let _ = o.read_to_string(&mut out);
     }
-    let status = child.wait().map_err(|source| Error::Spawn { program: "bash guest/kernel/build.sh".into(), source })?;
+    let status = child.wait().map_err(|source| Error::Spawn {
+        program: "bash guest/kernel/build.sh".into(),
+        source,
+    })?;
     let tail = Vec::from(tail).join("\n");
     let path = out.lines().last().map(PathBuf::from);
     match path {
@@ -142,19 +162,35 @@ pub fn build_tuned_kernel(progress: &dyn Fn(&str)) -> Result<PathBuf> {
 /// Finds the stock kernel in `/boot`: the running kernel's `vmlinuz` if there
 /// is one, else the newest `vmlinuz-*` by version. Returns the path and release.
 pub fn stock_kernel() -> Result<(PathBuf, String)> {
-    stock_kernel_in(Path::new("/boot"), std::fs::read_to_string("/proc/sys/kernel/osrelease").ok().as_deref())
+    stock_kernel_in(
+        Path::new("/boot"),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .ok()
+            .as_deref(),
+    )
 }
 
 fn stock_kernel_in(boot: &Path, running: Option<&str>) -> Result<(PathBuf, String)> {
-    let not_found = || Error::StockKernelNotFound { dir: boot.to_owned() };
+    let not_found = || Error::StockKernelNotFound {
+        dir: boot.to_owned(),
+    };
     let mut releases: Vec<String> = std::fs::read_dir(boot)
         .map_err(|_| not_found())?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("vmlinuz-").map(str::to_owned))
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_prefix("vmlinuz-")
+                .map(str::to_owned)
+        })
         .collect();
-    if let Some(r) = running.map(str::trim).filter(|r| releases.iter().any(|x| x == r)) {
+    if let Some(r) = running
+        .map(str::trim)
+        .filter(|r| releases.iter().any(|x| x == r))
+    {
         return Ok((boot.join(format!("vmlinuz-{r}")), r.to_owned()));
     }
-    releases.sort_by(|a, b| version_key(a).cmp(&version_key(b)));
+    releases.sort_by_key(|r| version_key(r));
     let r = releases.pop().ok_or_else(not_found)?;
     Ok((boot.join(format!("vmlinuz-{r}")), r))
 }
@@ -164,12 +200,16 @@ fn version_key(s: &str) -> Vec<(u64, String)> {
     let mut out = Vec::new();
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits > 0 {
             out.push((rest[..digits].parse().unwrap_or(u64::MAX), String::new()));
             rest = &rest[digits..];
         } else {
-            let text = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let text = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             out.push((0, rest[..text].to_owned()));
             rest = &rest[text..];
         }
@@ -217,32 +257,58 @@ mod tests {
             .output()
             .unwrap();
         let expect = String::from_utf8(out.stdout).unwrap();
-        assert_eq!(tuned_hash("CONFIG_X=y\n", "#!/bin/sh\n", "src.tar.xz:1:2"), expect.trim());
+        assert_eq!(
+            tuned_hash("CONFIG_X=y\n", "#!/bin/sh\n", "src.tar.xz:1:2"),
+            expect.trim()
+        );
     }
 
     #[test]
     fn cache_key_changes_with_inputs() {
         let base = tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, "a:1:2");
         assert_eq!(base.len(), 16);
-        assert_ne!(base, tuned_hash(&format!("{CONFIG_FRAGMENT}CONFIG_Y=y\n"), BUILD_SCRIPT, "a:1:2"));
-        assert_ne!(base, tuned_hash(CONFIG_FRAGMENT, &format!("{BUILD_SCRIPT}#\n"), "a:1:2"));
+        assert_ne!(
+            base,
+            tuned_hash(
+                &format!("{CONFIG_FRAGMENT}CONFIG_Y=y\n"),
+                BUILD_SCRIPT,
+                "a:1:2"
+            )
+        );
+        assert_ne!(
+            base,
+            tuned_hash(CONFIG_FRAGMENT, &format!("{BUILD_SCRIPT}#\n"), "a:1:2")
+        );
         assert_ne!(base, tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, "a:1:3"));
     }
 
     #[test]
     fn stock_kernel_prefers_running_then_newest() {
         let dir = tempfile::tempdir().unwrap();
-        for r in ["6.1.0-9-cloud-amd64", "6.1.0-10-cloud-amd64", "5.10.0-30-amd64"] {
+        for r in [
+            "6.1.0-9-cloud-amd64",
+            "6.1.0-10-cloud-amd64",
+            "5.10.0-30-amd64",
+        ] {
             std::fs::write(dir.path().join(format!("vmlinuz-{r}")), b"").unwrap();
         }
         std::fs::write(dir.path().join("config-6.2.0"), b"").unwrap();
         let (p, r) = stock_kernel_in(dir.path(), Some("5.10.0-30-amd64\n")).unwrap();
-        assert_eq!((p, r.as_str()), (dir.path().join("vmlinuz-5.10.0-30-amd64"), "5.10.0-30-amd64"));
+        assert_eq!(
+            (p, r.as_str()),
+            (
+                dir.path().join("vmlinuz-5.10.0-30-amd64"),
+                "5.10.0-30-amd64"
+            )
+        );
         let (_, r) = stock_kernel_in(dir.path(), Some("6.18.0-other")).unwrap();
         assert_eq!(r, "6.1.0-10-cloud-amd64");
         let empty = tempfile::tempdir().unwrap();
         let err = stock_kernel_in(empty.path(), None).unwrap_err().to_string();
-        assert!(err.contains("apt-get install linux-image-cloud-amd64"), "{err}");
+        assert!(
+            err.contains("apt-get install linux-image-cloud-amd64"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -252,9 +318,17 @@ mod tests {
         bz[0x202..0x206].copy_from_slice(b"HdrS");
         bz[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
         bz[0x300..0x318].copy_from_slice(b"6.1.0-56-cloud-amd64 (d)");
-        assert_eq!(kernel_format_of(&bz), KernelFormat::BzImage { release: Some("6.1.0-56-cloud-amd64".into()) });
+        assert_eq!(
+            kernel_format_of(&bz),
+            KernelFormat::BzImage {
+                release: Some("6.1.0-56-cloud-amd64".into())
+            }
+        );
         if let Ok((p, r)) = stock_kernel() {
-            if let Ok(KernelFormat::BzImage { release: Some(found) }) = kernel_format(&p) {
+            if let Ok(KernelFormat::BzImage {
+                release: Some(found),
+            }) = kernel_format(&p)
+            {
                 assert_eq!(found, r);
             }
         }

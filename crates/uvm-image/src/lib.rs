@@ -18,6 +18,7 @@ mod image;
 mod initramfs;
 mod kernel;
 pub mod modules;
+mod tsc;
 
 use std::path::{Path, PathBuf};
 
@@ -26,15 +27,21 @@ pub use host::{check_static, locate_agent, locate_busybox};
 pub use image::{compile_rawinit, ensure_image, raw_baseline_image, Image, RAWINIT_SOURCE};
 pub use initramfs::{build_initramfs, ensure_initramfs, InitramfsSpec, BASE_DIRS};
 pub use kernel::{
-    build_tuned_kernel, kernel_format, stock_kernel, tuned_kernel_location, tuned_kernel_path, KernelFormat,
-    KernelKind, MachineHint, BUILD_SCRIPT, CONFIG_FRAGMENT, DEFAULT_KERNEL_SOURCE, STOCK_CMDLINE, TUNED_CMDLINE,
+    build_tuned_kernel, kernel_format, stock_kernel, tuned_kernel_location, tuned_kernel_path,
+    KernelFormat, KernelKind, MachineHint, BUILD_SCRIPT, CONFIG_FRAGMENT, DEFAULT_KERNEL_SOURCE,
+    STOCK_CMDLINE, TUNED_CMDLINE,
 };
 pub use modules::{KernelModules, ResolvedModule};
+pub use tsc::host_tsc_khz;
 
 /// The cache root: `$UVM_CACHE_DIR`, else `$XDG_CACHE_HOME/uvm`, else
 /// `$HOME/.cache/uvm` (`/tmp/uvm-cache` when even `HOME` is unset).
 pub fn cache_dir() -> PathBuf {
-    let var = |k| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     cache_dir_from(var("UVM_CACHE_DIR"), var("XDG_CACHE_HOME"), var("HOME"))
 }
 
@@ -53,9 +60,12 @@ pub(crate) fn short_hex(digest: &[u8]) -> String {
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
-    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
-    std::io::Write::write_all(&mut tmp, bytes).map_err(|e| Error::io("write", tmp.path().to_owned(), e))?;
-    tmp.persist(path).map_err(|e| Error::io("rename into", path, e.error))?;
+    let mut tmp =
+        tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
+    std::io::Write::write_all(&mut tmp, bytes)
+        .map_err(|e| Error::io("write", tmp.path().to_owned(), e))?;
+    tmp.persist(path)
+        .map_err(|e| Error::io("rename into", path, e.error))?;
     Ok(())
 }
 
@@ -66,9 +76,18 @@ mod tests {
     #[test]
     fn cache_dir_rule() {
         let p = |s: &str| Some(PathBuf::from(s));
-        assert_eq!(cache_dir_from(p("/c"), p("/x"), p("/h")), PathBuf::from("/c"));
-        assert_eq!(cache_dir_from(None, p("/x"), p("/h")), PathBuf::from("/x/uvm"));
-        assert_eq!(cache_dir_from(None, None, p("/h")), PathBuf::from("/h/.cache/uvm"));
+        assert_eq!(
+            cache_dir_from(p("/c"), p("/x"), p("/h")),
+            PathBuf::from("/c")
+        );
+        assert_eq!(
+            cache_dir_from(None, p("/x"), p("/h")),
+            PathBuf::from("/x/uvm")
+        );
+        assert_eq!(
+            cache_dir_from(None, None, p("/h")),
+            PathBuf::from("/h/.cache/uvm")
+        );
     }
 
     #[test]

@@ -85,16 +85,20 @@ impl KernelModules {
     /// Only what a bare virtio-serial guest needs ([`REQUIRED_MODULES`]);
     /// used by the raw boot baseline.
     pub fn minimal(release: &str) -> Self {
-        Self { optional: Vec::new(), ..Self::stock(release) }
+        Self {
+            optional: Vec::new(),
+            ..Self::stock(release)
+        }
     }
 
     /// Resolves the modules and their dependencies, in load order (deps first).
     pub fn resolve(&self) -> Result<Vec<ResolvedModule>> {
         let dep_path = self.dir.join("modules.dep");
         let text = std::fs::read_to_string(&dep_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                Error::ModulesMissing { release: self.release.clone(), path: dep_path.clone() }
-            }
+            std::io::ErrorKind::NotFound => Error::ModulesMissing {
+                release: self.release.clone(),
+                path: dep_path.clone(),
+            },
             _ => Error::io("read", &dep_path, e),
         })?;
         let builtin = std::fs::read_to_string(self.dir.join("modules.builtin")).unwrap_or_default();
@@ -103,7 +107,11 @@ impl KernelModules {
 
         let mut order = Vec::new();
         let mut seen = HashSet::new();
-        let wanted = self.required.iter().map(|n| (n, true)).chain(self.optional.iter().map(|n| (n, false)));
+        let wanted = self
+            .required
+            .iter()
+            .map(|n| (n, true))
+            .chain(self.optional.iter().map(|n| (n, false)));
         for (name, required) in wanted {
             let name = normalize(name);
             match deps.get(&name) {
@@ -112,9 +120,14 @@ impl KernelModules {
                     tracing::debug!(module = %name, "built into the kernel");
                 }
                 None if required => {
-                    return Err(Error::ModuleNotFound { name, release: self.release.clone() });
+                    return Err(Error::ModuleNotFound {
+                        name,
+                        release: self.release.clone(),
+                    });
                 }
-                None => tracing::debug!(module = %name, release = %self.release, "optional module absent"),
+                None => {
+                    tracing::debug!(module = %name, release = %self.release, "optional module absent")
+                }
             }
         }
         Ok(order
@@ -130,7 +143,12 @@ impl KernelModules {
 }
 
 /// Depth-first post-order walk: dependencies are pushed before dependents.
-fn visit(rel: &str, deps: &BTreeMap<String, (String, Vec<String>)>, seen: &mut HashSet<String>, order: &mut Vec<String>) {
+fn visit(
+    rel: &str,
+    deps: &BTreeMap<String, (String, Vec<String>)>,
+    seen: &mut HashSet<String>,
+    order: &mut Vec<String>,
+) {
     if !seen.insert(rel.to_owned()) {
         return;
     }
@@ -146,7 +164,9 @@ fn visit(rel: &str, deps: &BTreeMap<String, (String, Vec<String>)>, seen: &mut H
 fn parse_modules_dep(text: &str) -> BTreeMap<String, (String, Vec<String>)> {
     let mut map = BTreeMap::new();
     for line in text.lines() {
-        let Some((path, rest)) = line.split_once(':') else { continue };
+        let Some((path, rest)) = line.split_once(':') else {
+            continue;
+        };
         let path = path.trim();
         if path.is_empty() {
             continue;
@@ -188,7 +208,11 @@ kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vso
     fn fake(required: &[&str], optional: &[&str]) -> (tempfile::TempDir, KernelModules) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("modules.dep"), DEP).unwrap();
-        std::fs::write(dir.path().join("modules.builtin"), "kernel/drivers/misc/pvpanic/pvpanic-mmio.ko\n").unwrap();
+        std::fs::write(
+            dir.path().join("modules.builtin"),
+            "kernel/drivers/misc/pvpanic/pvpanic-mmio.ko\n",
+        )
+        .unwrap();
         let m = KernelModules {
             release: "6.1.0-test".into(),
             dir: dir.path().to_owned(),
@@ -199,12 +223,18 @@ kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vso
     }
 
     fn pos(order: &[ResolvedModule], name: &str) -> usize {
-        order.iter().position(|m| m.name == name).unwrap_or_else(|| panic!("{name} missing"))
+        order
+            .iter()
+            .position(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} missing"))
     }
 
     #[test]
     fn dependencies_come_first() {
-        let (_d, m) = fake(&["vmw_vsock_virtio_transport", "virtio_console", "virtio_pci"], &["virtio-rng", "9p"]);
+        let (_d, m) = fake(
+            &["vmw_vsock_virtio_transport", "virtio_console", "virtio_pci"],
+            &["virtio-rng", "9p"],
+        );
         let order = m.resolve().unwrap();
         let names: Vec<&str> = order.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
@@ -224,8 +254,14 @@ kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vso
         );
         assert!(pos(&order, "virtio_ring") < pos(&order, "virtio"));
         let rng = &order[pos(&order, "virtio_rng")];
-        assert_eq!(rng.guest_path, "/lib/modules/6.1.0-test/kernel/drivers/char/hw_random/virtio-rng.ko.xz");
-        assert_eq!(rng.host_path, m.dir.join("kernel/drivers/char/hw_random/virtio-rng.ko.xz"));
+        assert_eq!(
+            rng.guest_path,
+            "/lib/modules/6.1.0-test/kernel/drivers/char/hw_random/virtio-rng.ko.xz"
+        );
+        assert_eq!(
+            rng.host_path,
+            m.dir.join("kernel/drivers/char/hw_random/virtio-rng.ko.xz")
+        );
     }
 
     #[test]
@@ -238,8 +274,15 @@ kernel/net/vmw_vsock/vmw_vsock_virtio_transport.ko: kernel/net/vmw_vsock/vmw_vso
             err.to_string(),
             "kernel module nosuch not found for kernel 6.1.0-test (neither in modules.dep nor modules.builtin)"
         );
-        let m = KernelModules { dir: "/nonexistent/modules".into(), ..m };
+        let m = KernelModules {
+            dir: "/nonexistent/modules".into(),
+            ..m
+        };
         let err = m.resolve().unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/modules/modules.dep missing") && err.contains("apt-get install"), "{err}");
+        assert!(
+            err.contains("/nonexistent/modules/modules.dep missing")
+                && err.contains("apt-get install"),
+            "{err}"
+        );
     }
 }
