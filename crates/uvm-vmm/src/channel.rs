@@ -22,7 +22,10 @@ pub struct ChannelSet {
 impl ChannelSet {
     /// Adds a channel.
     pub fn with(mut self, role: impl Into<String>, port_name: impl Into<String>) -> Self {
-        self.channels.push(ChannelSpec { role: role.into(), port_name: port_name.into() });
+        self.channels.push(ChannelSpec {
+            role: role.into(),
+            port_name: port_name.into(),
+        });
         self
     }
 }

@@ -71,6 +71,9 @@ pub enum VmmError {
     /// The VM is not in a state where the operation makes sense.
     #[error("VM is {0}")]
     State(&'static str),
+    /// The VM document failed validation (the message names the JSON path).
+    #[error(transparent)]
+    Document(#[from] uvm_schema::SchemaError),
     /// Other I/O while driving the VM.
     #[error("{context}: {source}")]
     Io {

@@ -43,7 +43,10 @@ pub enum ExitReason {
 impl ExitReason {
     /// Whether this is a clean exit: the guest powered off, or the host asked for it.
     pub fn is_clean(&self) -> bool {
-        matches!(self, ExitReason::GuestPoweroff | ExitReason::TerminatedByRequest { .. })
+        matches!(
+            self,
+            ExitReason::GuestPoweroff | ExitReason::TerminatedByRequest { .. }
+        )
     }
 }
 
@@ -58,4 +61,184 @@ pub struct VmStatistics {
     pub assigned_memory_bytes: u64,
     /// NUMA nodes backing guest memory.
     pub virtual_node_count: u32,
+}
+
+/// Everything known when the hypervisor process has been reaped, from which
+/// [`exit_reason`] decides why it stopped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExitFacts {
+    /// Exit code, if it exited.
+    pub code: Option<i32>,
+    /// Signal number, if a signal killed it.
+    pub signal: Option<i32>,
+    /// Reason of the last QMP `SHUTDOWN` event seen.
+    pub shutdown_reason: Option<String>,
+    /// Whether a QMP `GUEST_PANICKED` event was seen.
+    pub panicked: bool,
+    /// `Some(forced)` when the host asked for termination (`forced`: the grace
+    /// period ran out and SIGKILL was sent).
+    pub requested: Option<bool>,
+    /// Tail of the hypervisor's stderr.
+    pub stderr_tail: String,
+    /// Tail of the guest console.
+    pub console_tail: String,
+}
+
+/// Marker a Linux guest prints on the console when it panics.
+const PANIC_MARKER: &str = "Kernel panic - not syncing";
+
+fn signal_from_stderr(stderr: &str) -> Option<i32> {
+    let i = stderr.rfind("terminating on signal ")?;
+    stderr[i + "terminating on signal ".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Decides why the VM stopped. Pure: every input is in `f`.
+///
+/// Order: a guest panic (event, or a reset right after a console panic
+/// message) wins; then a host request; then an unrequested signal; then the
+/// guest's own shutdown/reset; then QEMU's exit code.
+pub fn exit_reason(f: &ExitFacts) -> ExitReason {
+    let reason = f.shutdown_reason.as_deref();
+    let console_panicked = f.console_tail.contains(PANIC_MARKER);
+    if f.panicked || reason == Some("guest-panic") {
+        return ExitReason::GuestPanic {
+            console_tail: f.console_tail.clone(),
+        };
+    }
+    if let Some(forced) = f.requested {
+        return ExitReason::TerminatedByRequest { forced };
+    }
+    if let Some(signal) = f.signal {
+        return ExitReason::Signaled { signal };
+    }
+    match reason {
+        Some("guest-shutdown") => return ExitReason::GuestPoweroff,
+        Some("guest-reset" | "guest-triple-fault" | "subsystem-reset") => {
+            return if console_panicked {
+                ExitReason::GuestPanic {
+                    console_tail: f.console_tail.clone(),
+                }
+            } else {
+                ExitReason::GuestReset
+            };
+        }
+        Some("host-qmp-quit" | "host-ui") => {
+            return ExitReason::TerminatedByRequest { forced: false }
+        }
+        Some("host-signal") => {
+            return ExitReason::Signaled {
+                signal: signal_from_stderr(&f.stderr_tail).unwrap_or(libc::SIGTERM),
+            }
+        }
+        _ => {}
+    }
+    ExitReason::HypervisorError {
+        code: f.code.unwrap_or(-1),
+        stderr_tail: f.stderr_tail.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(code: Option<i32>, signal: Option<i32>, reason: Option<&str>) -> ExitFacts {
+        ExitFacts {
+            code,
+            signal,
+            shutdown_reason: reason.map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn guest_poweroff_is_clean() {
+        let r = exit_reason(&facts(Some(0), None, Some("guest-shutdown")));
+        assert_eq!(r, ExitReason::GuestPoweroff);
+        assert!(r.is_clean());
+    }
+
+    #[test]
+    fn guest_reset() {
+        assert_eq!(
+            exit_reason(&facts(Some(0), None, Some("guest-reset"))),
+            ExitReason::GuestReset
+        );
+    }
+
+    #[test]
+    fn panic_by_event_or_reason_or_console() {
+        let mut f = facts(Some(0), None, Some("guest-panic"));
+        f.console_tail = "Kernel panic - not syncing: Attempted to kill init!".into();
+        assert_eq!(
+            exit_reason(&f),
+            ExitReason::GuestPanic {
+                console_tail: f.console_tail.clone()
+            }
+        );
+        let mut g = facts(Some(1), None, None);
+        g.panicked = true;
+        assert!(matches!(exit_reason(&g), ExitReason::GuestPanic { .. }));
+        // No pvpanic: panic=-1 reboots, -no-reboot exits with guest-reset.
+        let mut h = facts(Some(0), None, Some("guest-reset"));
+        h.console_tail = "...\nKernel panic - not syncing: sysrq triggered crash\n".into();
+        assert!(matches!(exit_reason(&h), ExitReason::GuestPanic { .. }));
+        assert!(!exit_reason(&h).is_clean());
+    }
+
+    #[test]
+    fn unrequested_signal() {
+        assert_eq!(
+            exit_reason(&facts(None, Some(9), None)),
+            ExitReason::Signaled { signal: 9 }
+        );
+        let mut f = facts(Some(0), None, Some("host-signal"));
+        f.stderr_tail = "qemu-system-x86_64: terminating on signal 2 from pid 77 (bash)\n".into();
+        assert_eq!(exit_reason(&f), ExitReason::Signaled { signal: 2 });
+        assert_eq!(
+            exit_reason(&facts(Some(0), None, Some("host-signal"))),
+            ExitReason::Signaled {
+                signal: libc::SIGTERM
+            }
+        );
+    }
+
+    #[test]
+    fn requested_termination_graceful_and_forced() {
+        let mut f = facts(Some(0), None, Some("host-qmp-quit"));
+        f.requested = Some(false);
+        assert_eq!(
+            exit_reason(&f),
+            ExitReason::TerminatedByRequest { forced: false }
+        );
+        let mut g = facts(None, Some(9), None);
+        g.requested = Some(true);
+        assert_eq!(
+            exit_reason(&g),
+            ExitReason::TerminatedByRequest { forced: true }
+        );
+        // Someone else's QMP quit.
+        assert_eq!(
+            exit_reason(&facts(Some(0), None, Some("host-qmp-quit"))),
+            ExitReason::TerminatedByRequest { forced: false }
+        );
+    }
+
+    #[test]
+    fn hypervisor_error_keeps_stderr() {
+        let mut f = facts(Some(1), None, None);
+        f.stderr_tail = "qemu-system-x86_64: -drive file=x: Could not open 'x'".into();
+        assert_eq!(
+            exit_reason(&f),
+            ExitReason::HypervisorError {
+                code: 1,
+                stderr_tail: f.stderr_tail.clone()
+            }
+        );
+        assert!(!exit_reason(&f).is_clean());
+    }
 }

@@ -1,0 +1,419 @@
+//! The QEMU command line, built from small typed pieces. Each piece turns into
+//! argv words on its own and has its own unit test.
+
+use std::path::{Path, PathBuf};
+
+use super::accel::Accel;
+
+/// Machine type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Machine {
+    /// `microvm`: virtio-mmio devices, PVH boot of an ELF vmlinux. The default.
+    Microvm,
+    /// `q35`: PCI devices; boots a bzImage or an ELF vmlinux.
+    Q35,
+}
+
+impl Machine {
+    /// The suffix of virtio device names on this machine (`device` = virtio-mmio, `pci`).
+    fn virtio(self, base: &str) -> String {
+        match self {
+            Machine::Microvm => format!("{base}-device"),
+            Machine::Q35 => format!("{base}-pci"),
+        }
+    }
+}
+
+/// What kind of kernel image a file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelFormat {
+    /// An ELF `vmlinux` (PVH entry point).
+    Elf,
+    /// A bzImage (`HdrS` at 0x202).
+    BzImage,
+}
+
+/// Recognizes a kernel image from its first 0x206 bytes (or fewer).
+pub fn detect_kernel_format(head: &[u8]) -> Option<KernelFormat> {
+    if head.starts_with(b"\x7fELF") {
+        Some(KernelFormat::Elf)
+    } else if head.get(0x202..0x206) == Some(b"HdrS") {
+        Some(KernelFormat::BzImage)
+    } else {
+        None
+    }
+}
+
+/// A disk image format QEMU reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskFormat {
+    /// Raw bytes (also block devices and ISOs).
+    Raw,
+    /// qcow2.
+    Qcow2,
+    /// VHD (QEMU's `vpc` driver), dynamic or fixed.
+    Vpc,
+    /// VHDX.
+    Vhdx,
+}
+
+impl DiskFormat {
+    /// QEMU's driver name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+            DiskFormat::Vpc => "vpc",
+            DiskFormat::Vhdx => "vhdx",
+        }
+    }
+}
+
+/// Recognizes a disk image from its first and last 512 bytes (a fixed VHD has
+/// only a footer).
+pub fn detect_disk_format(head: &[u8], tail: &[u8]) -> DiskFormat {
+    if head.starts_with(b"QFI\xfb") {
+        DiskFormat::Qcow2
+    } else if head.starts_with(b"vhdxfile") {
+        DiskFormat::Vhdx
+    } else if head.starts_with(b"conectix")
+        || (tail.len() >= 512 && tail[tail.len() - 512..].starts_with(b"conectix"))
+    {
+        DiskFormat::Vpc
+    } else {
+        DiskFormat::Raw
+    }
+}
+
+/// Escapes a value for QEMU's `key=value,...` option syntax (`,` → `,,`).
+pub fn esc(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
+/// Where a guest serial port goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SerialBackend {
+    /// Appended to a host file.
+    File(PathBuf),
+    /// An existing unix socket QEMU connects to.
+    Socket(PathBuf),
+}
+
+/// A guest serial port (`ttyS<index>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SerialPort {
+    /// 0..=3.
+    pub index: u32,
+    /// Where its output goes.
+    pub backend: SerialBackend,
+    /// A second copy of the output (the console log), if any.
+    pub log: Option<PathBuf>,
+}
+
+impl SerialPort {
+    /// argv words.
+    pub fn args(&self) -> Vec<String> {
+        let id = format!("com{}", self.index);
+        let mut chardev = match &self.backend {
+            SerialBackend::File(p) => format!("file,id={id},path={},append=on", esc(p)),
+            SerialBackend::Socket(p) => format!("socket,id={id},path={}", esc(p)),
+        };
+        if let Some(log) = &self.log {
+            chardev.push_str(&format!(",logfile={},logappend=on", esc(log)));
+        }
+        let dev = if self.index == 0 {
+            vec!["-serial".to_string(), format!("chardev:{id}")]
+        } else {
+            vec![
+                "-device".to_string(),
+                format!("isa-serial,chardev={id},index={}", self.index),
+            ]
+        };
+        let mut v = vec!["-chardev".to_string(), chardev];
+        v.extend(dev);
+        v
+    }
+}
+
+/// A host↔guest channel: a virtio-serial port backed by a unix socket QEMU connects to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelPort {
+    /// Role (chardev id suffix).
+    pub role: String,
+    /// Host socket (already listening).
+    pub socket: PathBuf,
+    /// Port name the guest sees.
+    pub port_name: String,
+}
+
+impl ChannelPort {
+    /// argv words (the `vser0` controller is added once by [`QemuCommand`]).
+    pub fn args(&self) -> Vec<String> {
+        let id = format!("ch-{}", self.role);
+        vec![
+            "-chardev".into(),
+            format!("socket,id={id},path={}", esc(&self.socket)),
+            "-device".into(),
+            format!(
+                "virtserialport,bus=vser0.0,chardev={id},name={}",
+                self.port_name.replace(',', ",,")
+            ),
+        ]
+    }
+}
+
+/// A virtio disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    /// Drive id (`disk<n>`).
+    pub id: String,
+    /// Host path (absolute).
+    pub path: PathBuf,
+    /// Image format.
+    pub format: DiskFormat,
+    /// `readonly=on`.
+    pub read_only: bool,
+    /// virtio-blk serial the guest sees (`/sys/block/vdX/serial`), ≤ 20 bytes.
+    pub serial: String,
+}
+
+impl Disk {
+    /// argv words.
+    pub fn args(&self, machine: Machine) -> Vec<String> {
+        vec![
+            "-drive".into(),
+            format!(
+                "file={},format={},if=none,id={},readonly={}",
+                esc(&self.path),
+                self.format.as_str(),
+                self.id,
+                if self.read_only { "on" } else { "off" }
+            ),
+            "-device".into(),
+            format!(
+                "{},drive={},serial={}",
+                machine.virtio("virtio-blk"),
+                self.id,
+                self.serial
+            ),
+        ]
+    }
+}
+
+/// A virtio-9p share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// fsdev id (`fs<n>`).
+    pub id: String,
+    /// Mount tag.
+    pub tag: String,
+    /// Host directory (absolute).
+    pub path: PathBuf,
+    /// `readonly=on`.
+    pub read_only: bool,
+}
+
+impl Share {
+    /// argv words.
+    pub fn args(&self, machine: Machine) -> Vec<String> {
+        let mut fsdev = format!(
+            "local,id={},path={},security_model=none",
+            self.id,
+            esc(&self.path)
+        );
+        if self.read_only {
+            fsdev.push_str(",readonly=on");
+        }
+        vec![
+            "-fsdev".into(),
+            fsdev,
+            "-device".into(),
+            format!(
+                "{},fsdev={},mount_tag={}",
+                machine.virtio("virtio-9p"),
+                self.id,
+                self.tag
+            ),
+        ]
+    }
+}
+
+/// The `-sandbox` value used when the binary supports it.
+pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// A whole QEMU invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuCommand {
+    /// VM name (`-name`).
+    pub name: String,
+    /// Machine type.
+    pub machine: Machine,
+    /// Accelerator.
+    pub accel: Accel,
+    /// TCG translation-cache cap in MiB (TCG only).
+    pub tb_size_mb: u32,
+    /// Guest memory (MiB).
+    pub memory_mb: u64,
+    /// Preallocate guest memory (`AllowOvercommit=false`).
+    pub prealloc: bool,
+    /// vCPUs.
+    pub cpus: u32,
+    /// Kernel image.
+    pub kernel: PathBuf,
+    /// Initrd.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub append: String,
+    /// Unix socket (listening, ours) QEMU connects its QMP monitor to.
+    pub qmp_socket: PathBuf,
+    /// Channels.
+    pub channels: Vec<ChannelPort>,
+    /// Serial ports; port 0 is the console.
+    pub serials: Vec<SerialPort>,
+    /// Disks.
+    pub disks: Vec<Disk>,
+    /// 9p shares.
+    pub shares: Vec<Share>,
+    /// Add a pvpanic device.
+    pub pvpanic: bool,
+    /// `-sandbox` value, when supported.
+    pub sandbox: Option<String>,
+    /// Appended verbatim.
+    pub extra: Vec<String>,
+}
+
+impl QemuCommand {
+    /// Fixed flags: vCPUs stopped, nothing implicit, no display, reset = exit.
+    pub fn base_args(&self) -> Vec<String> {
+        [
+            "-S",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-no-reboot",
+            "-action",
+            "panic=shutdown",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "-name".to_string(),
+            format!("guest={},debug-threads=on", self.name),
+        ])
+        .collect()
+    }
+
+    /// `-machine` and `-accel`.
+    pub fn machine_args(&self) -> Vec<String> {
+        let mut m = match self.machine {
+            Machine::Microvm => "microvm,x-option-roms=off".to_string(),
+            Machine::Q35 => "q35".to_string(),
+        };
+        if self.prealloc {
+            m.push_str(",memory-backend=mem0");
+        }
+        let accel = match self.accel {
+            Accel::Kvm => "kvm".to_string(),
+            Accel::Tcg => format!("tcg,tb-size={}", self.tb_size_mb),
+        };
+        let mut v = vec!["-machine".into(), m, "-accel".into(), accel];
+        if self.accel == Accel::Kvm {
+            v.extend(["-cpu".into(), "host".into()]);
+        }
+        v
+    }
+
+    /// `-m`, preallocation backend, `-smp`.
+    pub fn memory_cpu_args(&self) -> Vec<String> {
+        let mut v = vec!["-m".into(), format!("{}M", self.memory_mb)];
+        if self.prealloc {
+            v.extend([
+                "-object".into(),
+                format!(
+                    "memory-backend-ram,id=mem0,size={}M,prealloc=on",
+                    self.memory_mb
+                ),
+            ]);
+        }
+        v.extend(["-smp".into(), self.cpus.to_string()]);
+        v
+    }
+
+    /// `-kernel`, `-initrd`, `-append`.
+    pub fn boot_args(&self) -> Vec<String> {
+        let mut v = vec!["-kernel".into(), self.kernel.to_string_lossy().into_owned()];
+        if let Some(i) = &self.initrd {
+            v.extend(["-initrd".into(), i.to_string_lossy().into_owned()]);
+        }
+        v.extend(["-append".into(), self.append.clone()]);
+        v
+    }
+
+    /// The QMP monitor, connecting to our listening socket.
+    pub fn qmp_args(&self) -> Vec<String> {
+        vec![
+            "-chardev".into(),
+            format!("socket,id=qmp,path={}", esc(&self.qmp_socket)),
+            "-mon".into(),
+            "chardev=qmp,mode=control".into(),
+        ]
+    }
+
+    /// The virtio-serial controller and one port per channel.
+    pub fn channel_args(&self) -> Vec<String> {
+        if self.channels.is_empty() {
+            return Vec::new();
+        }
+        let mut v = vec![
+            "-device".into(),
+            format!("{},id=vser0", self.machine.virtio("virtio-serial")),
+        ];
+        for c in &self.channels {
+            v.extend(c.args());
+        }
+        v
+    }
+
+    /// `-device pvpanic` (ISA; both machines have an ISA bus).
+    pub fn pvpanic_args(&self) -> Vec<String> {
+        if self.pvpanic {
+            vec!["-device".into(), "pvpanic".into()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// `-sandbox`.
+    pub fn sandbox_args(&self) -> Vec<String> {
+        self.sandbox
+            .iter()
+            .flat_map(|s| ["-sandbox".to_string(), s.clone()])
+            .collect()
+    }
+
+    /// The full argv (without the binary).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = self.base_args();
+        v.extend(self.machine_args());
+        v.extend(self.memory_cpu_args());
+        v.extend(self.boot_args());
+        v.extend(self.qmp_args());
+        for s in &self.serials {
+            v.extend(s.args());
+        }
+        v.extend(self.channel_args());
+        for d in &self.disks {
+            v.extend(d.args(self.machine));
+        }
+        for s in &self.shares {
+            v.extend(s.args(self.machine));
+        }
+        v.extend(self.pvpanic_args());
+        v.extend(self.sandbox_args());
+        v.extend(self.extra.iter().cloned());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,386 @@
+//! The QEMU backend: [`QemuHypervisor`] creates [`QemuVm`]s.
+//!
+//! create: validate the document, sweep stale runtime dirs, make `<root>/<id>`
+//! (0700), bind one unix listener per channel plus one for QMP (0600), spawn
+//! `qemu-system-x86_64 -S ...` which connects to them as a client (no polling
+//! for sockets), accept QMP and negotiate. Any failure kills and reaps QEMU
+//! and removes the runtime dir.
+
+mod accel;
+mod binary;
+mod cmdline;
+mod devices;
+mod process;
+mod vm;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::net::UnixListener;
+use tokio::sync::{mpsc, watch};
+use uvm_schema::ComputeSystem;
+
+pub use accel::{choose_accel, cpu_has_virt, detect_accel, Accel};
+pub use binary::{find_qemu, parse_version, MIN_VERSION, QEMU_BINARY};
+pub use cmdline::{
+    detect_disk_format, detect_kernel_format, ChannelPort, Disk, DiskFormat, KernelFormat, Machine,
+    QemuCommand, SerialBackend, SerialPort, Share, SANDBOX,
+};
+pub use process::{Tail, CONSOLE_TAIL_BYTES, STDERR_TAIL_BYTES};
+pub use vm::{QemuVm, KILL_REAP_TIMEOUT, QMP_COMMAND_TIMEOUT};
+
+use crate::qmp::QmpClient;
+use crate::runtime_dir::{
+    default_runtime_root, restrict_socket, sweep_stale_runtime_dirs, valid_vm_id, RuntimeDir,
+};
+use crate::{ChannelSet, ExitReason, Hypervisor, UtilityVm, VmmError};
+
+/// Settings of the QEMU backend. `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct QemuConfig {
+    /// QEMU binary; `None`: `$UVM_QEMU`, then `qemu-system-x86_64` on `$PATH`.
+    pub binary: Option<PathBuf>,
+    /// Runtime root; `None`: [`default_runtime_root`].
+    pub runtime_root: Option<PathBuf>,
+    /// Accelerator; `None`: KVM where usable, else TCG ([`detect_accel`]).
+    pub accel: Option<Accel>,
+    /// Machine; `None`: `microvm` for an ELF kernel, `q35` for a bzImage.
+    pub machine: Option<Machine>,
+    /// How long `terminate` waits after QMP `quit` before SIGKILL.
+    pub terminate_grace: Duration,
+    /// TCG translation-cache size (MiB).
+    pub tb_size_mb: u32,
+    /// Bound on QEMU connecting its QMP socket and on the QMP handshake.
+    pub qmp_timeout: Duration,
+    /// Extra arguments appended to the QEMU command line.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for QemuConfig {
+    fn default() -> Self {
+        QemuConfig {
+            binary: None,
+            runtime_root: None,
+            accel: None,
+            machine: None,
+            terminate_grace: Duration::from_secs(5),
+            tb_size_mb: 64,
+            qmp_timeout: Duration::from_secs(10),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Probe {
+    binary: PathBuf,
+    sandbox: bool,
+    accel: Accel,
+}
+
+/// Creates VMs as QEMU processes.
+#[derive(Debug)]
+pub struct QemuHypervisor {
+    config: QemuConfig,
+    probe: tokio::sync::OnceCell<Probe>,
+}
+
+impl Default for QemuHypervisor {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl QemuHypervisor {
+    /// The backend with default settings.
+    pub fn new() -> Self {
+        Self::with_config(QemuConfig::default())
+    }
+
+    /// The backend with `config`.
+    pub fn with_config(config: QemuConfig) -> Self {
+        QemuHypervisor {
+            config,
+            probe: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &QemuConfig {
+        &self.config
+    }
+
+    /// The runtime root VMs are created under.
+    pub fn runtime_root(&self) -> PathBuf {
+        self.config
+            .runtime_root
+            .clone()
+            .unwrap_or_else(default_runtime_root)
+    }
+
+    async fn probe(&self) -> Result<&Probe, VmmError> {
+        self.probe
+            .get_or_try_init(|| async {
+                let binary = find_qemu(self.config.binary.as_deref())?;
+                let version = binary::check_version(&binary).await?;
+                let sandbox = binary::supports_sandbox(&binary, SANDBOX).await;
+                if !sandbox {
+                    tracing::debug!(binary = %binary.display(), "QEMU lacks -sandbox (seccomp); running without it");
+                }
+                let accel = self.config.accel.unwrap_or_else(detect_accel);
+                tracing::debug!(binary = %binary.display(), ?version, sandbox, accel = accel.as_str(), "QEMU probed");
+                Ok(Probe { binary, sandbox, accel })
+            })
+            .await
+    }
+
+    /// Creates the VM and returns the concrete handle (see [`Hypervisor::create`]).
+    pub async fn create_vm(
+        &self,
+        id: &str,
+        doc: &ComputeSystem,
+        channels: &ChannelSet,
+    ) -> Result<QemuVm, VmmError> {
+        if !valid_vm_id(id) {
+            return Err(VmmError::Unsupported(format!(
+                "VM id {id:?}: must match [A-Za-z0-9._-]{{1,64}}"
+            )));
+        }
+        for c in &channels.channels {
+            if !valid_vm_id(&c.role) || c.role == "qmp" || c.port_name.is_empty() {
+                return Err(VmmError::Unsupported(format!(
+                    "channel role {:?} / port {:?}",
+                    c.role, c.port_name
+                )));
+            }
+        }
+        for w in doc.validate()? {
+            tracing::warn!(vm = id, path = %w.path, "VM document: {}", w.message);
+        }
+        let probe = self.probe().await?.clone();
+        let (kernel, kformat) = devices::kernel(doc)?;
+        let machine = match (self.config.machine, kformat) {
+            (Some(Machine::Microvm), KernelFormat::BzImage) => {
+                return Err(VmmError::Unsupported(
+                    "a bzImage kernel needs the q35 machine, not microvm".into(),
+                ))
+            }
+            (Some(m), _) => m,
+            (None, KernelFormat::Elf) => Machine::Microvm,
+            (None, KernelFormat::BzImage) => Machine::Q35,
+        };
+        let initrd = doc
+            .initrd()
+            .map(|p| devices::absolute("initrd", p))
+            .transpose()?;
+        let disks = devices::disks(doc)?;
+        let shares = devices::shares(doc)?;
+
+        let root = self.runtime_root();
+        if let Err(e) = sweep_stale_runtime_dirs(&root) {
+            tracing::warn!(root = %root.display(), error = %e, "sweeping stale runtime dirs");
+        }
+        let dir = RuntimeDir::create(&root, id)?;
+        let mut guard = CreateGuard {
+            dir: Some(dir),
+            kill_tx: None,
+            exit_rx: None,
+        };
+        match self
+            .create_in(
+                &mut guard, id, doc, channels, &probe, machine, kernel, initrd, disks, shares,
+            )
+            .await
+        {
+            Ok(vm) => Ok(vm),
+            Err(e) => {
+                guard.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn create_in(
+        &self,
+        guard: &mut CreateGuard,
+        id: &str,
+        doc: &ComputeSystem,
+        channels: &ChannelSet,
+        probe: &Probe,
+        machine: Machine,
+        kernel: PathBuf,
+        initrd: Option<PathBuf>,
+        disks: Vec<Disk>,
+        shares: Vec<Share>,
+    ) -> Result<QemuVm, VmmError> {
+        let dir = guard.dir.as_ref().expect("dir set").path().to_path_buf();
+        let console_log = dir.join("console.log");
+        let serials = devices::serials(doc, &console_log)?;
+        let bind = |name: &str| -> Result<(UnixListener, PathBuf), VmmError> {
+            let p = dir.join(format!("{name}.sock"));
+            let l = UnixListener::bind(&p).map_err(|source| VmmError::RuntimeDir {
+                path: p.clone(),
+                source,
+            })?;
+            restrict_socket(&p)?;
+            Ok((l, p))
+        };
+        let (qmp_listener, qmp_socket) = bind("qmp")?;
+        let mut listeners = std::collections::HashMap::new();
+        let mut ports = Vec::new();
+        for c in &channels.channels {
+            let (l, p) = bind(&c.role)?;
+            listeners.insert(c.role.clone(), l);
+            ports.push(ChannelPort {
+                role: c.role.clone(),
+                socket: p,
+                port_name: c.port_name.clone(),
+            });
+        }
+        let cmd = QemuCommand {
+            name: id.to_string(),
+            machine,
+            accel: probe.accel,
+            tb_size_mb: self.config.tb_size_mb,
+            memory_mb: doc.memory_mb(),
+            prealloc: !doc.allow_overcommit(),
+            cpus: doc.processor_count(),
+            kernel,
+            initrd,
+            append: doc.kernel_cmdline().to_string(),
+            qmp_socket,
+            channels: ports,
+            serials,
+            disks,
+            shares,
+            pvpanic: true,
+            sandbox: probe.sandbox.then(|| SANDBOX.to_string()),
+            extra: self.config.extra_args.clone(),
+        };
+        let argv = cmd.to_args();
+        let shared = Arc::new(process::Shared {
+            id: id.to_string(),
+            console_log,
+            requested: Mutex::new(None),
+            stderr_tail: Arc::new(Mutex::new(Tail::new(STDERR_TAIL_BYTES))),
+            qmp: std::sync::OnceLock::new(),
+            pid: Mutex::new(None),
+            stopped: Mutex::new(None),
+        });
+        let spawned = process::spawn(&probe.binary, &argv, &dir, Arc::clone(&shared))?;
+        guard.kill_tx = Some(spawned.kill_tx.clone());
+        guard.exit_rx = Some(spawned.exit_rx.clone());
+        let mut exit_rx = spawned.exit_rx.clone();
+        let died = |reason: Option<ExitReason>| VmmError::Exited {
+            step: "startup",
+            reason: reason.unwrap_or(ExitReason::HypervisorError {
+                code: -1,
+                stderr_tail: String::new(),
+            }),
+        };
+        let t = self.config.qmp_timeout;
+        let stream = tokio::select! {
+            r = qmp_listener.accept() => r.map_err(|source| VmmError::Io { context: "accepting QMP".into(), source })?.0,
+            r = exit_rx.wait_for(Option::is_some) => return Err(died(r.ok().and_then(|r| r.clone()))),
+            _ = tokio::time::sleep(t) => return Err(VmmError::Timeout { what: "QEMU to connect to QMP", timeout: t }),
+        };
+        drop(qmp_listener);
+        let qmp = match QmpClient::handshake(stream, t).await {
+            Ok(q) => q,
+            Err(e) => {
+                // QEMU exiting during setup (bad disk, ...) closes QMP: report why it exited.
+                let mut rx = spawned.exit_rx.clone();
+                let r = tokio::time::timeout(Duration::from_secs(5), rx.wait_for(Option::is_some))
+                    .await;
+                if let Ok(Ok(reason)) = r {
+                    return Err(died(reason.clone()));
+                }
+                return Err(vm::qmp_err("qmp_capabilities", e));
+            }
+        };
+        let _ = shared.qmp.set(qmp.clone());
+        let dir_handle = guard.dir.take().expect("dir set");
+        guard.kill_tx = None;
+        guard.exit_rx = None;
+        tracing::info!(
+            vm = id,
+            pid = spawned.pid,
+            accel = probe.accel.as_str(),
+            ?machine,
+            "VM created"
+        );
+        Ok(QemuVm {
+            shared,
+            qmp,
+            kill_tx: spawned.kill_tx,
+            exit_rx: spawned.exit_rx,
+            channels: Mutex::new(listeners),
+            started: Mutex::new(None),
+            dir_path: dir,
+            dir: Mutex::new(dir_handle),
+            closed: tokio::sync::Mutex::new(false),
+            terminate_grace: self.config.terminate_grace,
+            assigned_memory_bytes: doc.memory_mb() * 1024 * 1024,
+            argv,
+        })
+    }
+}
+
+/// Undoes a half-done create: kills QEMU (dropping the last kill sender does
+/// it), waits for the reap, removes the runtime dir. Drop does the same
+/// without waiting, so a cancelled create leaves nothing behind either.
+struct CreateGuard {
+    dir: Option<RuntimeDir>,
+    kill_tx: Option<mpsc::Sender<()>>,
+    exit_rx: Option<watch::Receiver<Option<ExitReason>>>,
+}
+
+impl CreateGuard {
+    async fn abort(&mut self) {
+        if let Some(tx) = self.kill_tx.take() {
+            let _ = tx.try_send(());
+        }
+        if let Some(mut rx) = self.exit_rx.take() {
+            let _ = tokio::time::timeout(KILL_REAP_TIMEOUT, rx.wait_for(Option::is_some)).await;
+        }
+        if let Some(mut d) = self.dir.take() {
+            let _ = d.remove();
+        }
+    }
+}
+
+impl Drop for CreateGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = self.kill_tx.take() {
+            let _ = tx.try_send(());
+        }
+        if let Some(mut d) = self.dir.take() {
+            let _ = d.remove();
+        }
+    }
+}
+
+#[async_trait]
+impl Hypervisor for QemuHypervisor {
+    async fn create(
+        &self,
+        id: &str,
+        doc: &ComputeSystem,
+        channels: &ChannelSet,
+    ) -> Result<Arc<dyn UtilityVm>, VmmError> {
+        Ok(Arc::new(self.create_vm(id, doc, channels).await?))
+    }
+}
+
+/// Whether `path` looks like a kernel this backend can boot (ELF or bzImage).
+pub fn kernel_format_of(path: &Path) -> Option<KernelFormat> {
+    let mut head = vec![0u8; 0x210];
+    use std::io::Read;
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .ok()?;
+    detect_kernel_format(&head[..n])
+}
