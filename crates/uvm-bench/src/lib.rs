@@ -7,15 +7,20 @@
 //! kernel, machine type, memory and accelerator. `uvmctl bench` calls [`run`].
 #![warn(missing_docs)]
 
-pub mod cpio;
+pub mod density;
+pub mod memory;
+pub mod ours;
 pub mod qemu;
 pub mod qga;
 pub mod qga_image;
 pub mod raw;
 pub mod report;
+mod run;
+pub mod setup;
 pub mod stats;
 
 pub use report::Report;
+pub use run::{chain, run};
 
 use std::time::Duration;
 
@@ -56,25 +61,26 @@ pub enum BenchError {
     #[error("image: {0}")]
     Image(String),
     /// The controller under test failed.
-    #[error("controller: {0}")]
-    Controller(String),
+    #[error("controller {what} failed")]
+    Controller {
+        /// The call.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: uvm::Error,
+    },
 }
 
 impl BenchError {
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
-        BenchError::Io { what: what.into(), source }
+        BenchError::Io {
+            what: what.into(),
+            source,
+        }
     }
 }
 
-/// Which guest kernel to measure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KernelKind {
-    /// Our tuned vmlinux on `-M microvm`.
-    Tuned,
-    /// The distro kernel (bzImage, modules) on `-M q35`.
-    Stock,
-}
+pub use uvm_image::KernelKind;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -97,6 +103,10 @@ pub struct BenchOptions {
     pub qga_poll: Duration,
     /// Iterations of the in-guest fork+exec+wait floor loop.
     pub floor_iterations: usize,
+    /// vCPUs per guest.
+    pub cpus: u32,
+    /// TCG translation-cache cap for the raw baselines (match the backend's).
+    pub tb_size_mb: Option<u32>,
 }
 
 impl BenchOptions {
@@ -112,6 +122,8 @@ impl BenchOptions {
             memory_mb: 128,
             qga_poll: Duration::from_millis(1),
             floor_iterations: 200,
+            cpus: 1,
+            tb_size_mb: None,
         }
     }
 

@@ -25,7 +25,11 @@ impl Accel {
     /// The same rule as the backend (DESIGN §5): KVM only when `/dev/kvm`
     /// opens read-write **and** `/proc/cpuinfo` has `vmx` or `svm`.
     pub fn detect() -> Accel {
-        let opens = std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok();
+        let opens = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/kvm")
+            .is_ok();
         let flags = std::fs::read_to_string("/proc/cpuinfo")
             .map(|s| s.split_whitespace().any(|w| w == "vmx" || w == "svm"))
             .unwrap_or(false);
@@ -87,18 +91,29 @@ impl RawVm {
         let mut push = |xs: &[&str]| a.extend(xs.iter().map(|s| s.to_string()));
         push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
         match self.machine {
-            Machine::Microvm => push(&["-M", "microvm"]),
-            Machine::Q35 => push(&["-M", "q35"]),
+            Machine::Microvm => push(&["-machine", "microvm,x-option-roms=off"]),
+            Machine::Q35 => push(&["-machine", "q35"]),
         }
         let accel = match (self.accel, self.tb_size_mb) {
             (Accel::Tcg, Some(tb)) => format!("tcg,tb-size={tb}"),
             (acc, _) => acc.name().to_string(),
         };
         let (mem, smp) = (self.memory_mb.to_string(), self.cpus.to_string());
-        push(&["-accel", &accel, "-m", &mem, "-smp", &smp]);
+        push(&["-accel", &accel]);
+        if self.accel == Accel::Kvm {
+            push(&["-cpu", "host"]);
+        }
+        push(&["-m", &format!("{mem}M"), "-smp", &smp]);
         let kernel = self.kernel.display().to_string();
         let initrd = self.initrd.display().to_string();
-        push(&["-kernel", &kernel, "-initrd", &initrd, "-append", &self.cmdline]);
+        push(&[
+            "-kernel",
+            &kernel,
+            "-initrd",
+            &initrd,
+            "-append",
+            &self.cmdline,
+        ]);
         let serial = match &self.console {
             Some(p) => format!("file:{}", p.display()),
             None => "none".into(),
@@ -121,7 +136,10 @@ impl RawVm {
     pub fn spawn(&self, stderr_file: &Path) -> Result<QemuProcess, BenchError> {
         let err = File::create(stderr_file).map_err(|e| BenchError::io("create qemu stderr", e))?;
         let mut cmd = Command::new(QEMU);
-        cmd.args(self.args()).stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
+        cmd.args(self.args())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err);
         // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
         unsafe {
             cmd.pre_exec(|| {
@@ -132,7 +150,10 @@ impl RawVm {
             });
         }
         let child = cmd.spawn().map_err(|e| BenchError::io("spawn qemu", e))?;
-        Ok(QemuProcess { child, stderr: stderr_file.to_path_buf() })
+        Ok(QemuProcess {
+            child,
+            stderr: stderr_file.to_path_buf(),
+        })
     }
 }
 
@@ -200,10 +221,12 @@ mod tests {
     #[test]
     fn microvm_args() {
         let a = vm(Machine::Microvm).args().join(" ");
-        assert!(a.contains("-M microvm"), "{a}");
+        assert!(a.contains("-machine microvm,x-option-roms=off"), "{a}");
         assert!(a.contains("-accel tcg,tb-size=64"), "{a}");
         assert!(a.contains("-device virtio-serial-device"), "{a}");
-        assert!(a.contains("-chardev socket,id=ch0,path=/s -device virtserialport,chardev=ch0,name=uvm.raw"));
+        assert!(a.contains(
+            "-chardev socket,id=ch0,path=/s -device virtserialport,chardev=ch0,name=uvm.raw"
+        ));
     }
 
     #[test]
@@ -211,7 +234,10 @@ mod tests {
         let mut v = vm(Machine::Q35);
         v.accel = Accel::Kvm;
         let a = v.args().join(" ");
-        assert!(a.contains("-M q35") && a.contains("virtio-serial-pci"), "{a}");
-        assert!(a.contains("-accel kvm "), "{a}");
+        assert!(
+            a.contains("-machine q35") && a.contains("virtio-serial-pci"),
+            "{a}"
+        );
+        assert!(a.contains("-accel kvm -cpu host -m 128M"), "{a}");
     }
 }

@@ -31,22 +31,40 @@ pub struct ExecStatus {
 impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// Wraps a stream.
     pub fn new(stream: S) -> Self {
-        QgaClient { io: BufReader::new(stream) }
+        QgaClient {
+            io: BufReader::new(stream),
+        }
     }
 
     /// Sends `guest-sync-delimited` until the agent answers with `id`, each try
     /// waiting `every`, for at most `total`.
-    pub async fn sync(&mut self, id: u64, every: Duration, total: Duration) -> Result<(), BenchError> {
+    pub async fn sync(
+        &mut self,
+        id: u64,
+        every: Duration,
+        total: Duration,
+    ) -> Result<(), BenchError> {
         let deadline = Instant::now() + total;
         loop {
             let mut msg = vec![0xff];
-            msg.extend(json!({"execute": "guest-sync-delimited", "arguments": {"id": id}}).to_string().bytes());
-            self.io.get_mut().write_all(&msg).await.map_err(|e| BenchError::io("qga write", e))?;
+            msg.extend(
+                json!({"execute": "guest-sync-delimited", "arguments": {"id": id}})
+                    .to_string()
+                    .bytes(),
+            );
+            self.io
+                .get_mut()
+                .write_all(&msg)
+                .await
+                .map_err(|e| BenchError::io("qga write", e))?;
             match timeout(every, self.read_sync_reply(id)).await {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => return Err(e),
                 Err(_) if Instant::now() >= deadline => {
-                    return Err(BenchError::Timeout { what: "qemu-guest-agent guest-sync", secs: total.as_secs() })
+                    return Err(BenchError::Timeout {
+                        what: "qemu-guest-agent guest-sync",
+                        secs: total.as_secs(),
+                    })
                 }
                 Err(_) => {}
             }
@@ -56,7 +74,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     async fn read_sync_reply(&mut self, id: u64) -> Result<(), BenchError> {
         loop {
             let mut junk = Vec::new();
-            self.io.read_until(0xff, &mut junk).await.map_err(|e| BenchError::io("qga read", e))?;
+            self.io
+                .read_until(0xff, &mut junk)
+                .await
+                .map_err(|e| BenchError::io("qga read", e))?;
             if junk.last() != Some(&0xff) {
                 return Err(BenchError::Protocol("qga stream closed during sync".into()));
             }
@@ -71,25 +92,44 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     pub async fn call(&mut self, execute: &str, arguments: Value) -> Result<Value, BenchError> {
         let mut line = json!({"execute": execute, "arguments": arguments}).to_string();
         line.push('\n');
-        self.io.get_mut().write_all(line.as_bytes()).await.map_err(|e| BenchError::io("qga write", e))?;
+        self.io
+            .get_mut()
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| BenchError::io("qga write", e))?;
         let v = self.read_value().await?;
         if let Some(err) = v.get("error") {
             return Err(BenchError::Protocol(format!("qga {execute}: {err}")));
         }
-        v.get("return").cloned().ok_or_else(|| BenchError::Protocol(format!("qga {execute}: no return in {v}")))
+        v.get("return")
+            .cloned()
+            .ok_or_else(|| BenchError::Protocol(format!("qga {execute}: no return in {v}")))
     }
 
     /// `guest-exec`: starts `path args..`, returns the guest pid.
-    pub async fn exec(&mut self, path: &str, args: &[&str], capture: bool) -> Result<i64, BenchError> {
-        let r = self.call("guest-exec", json!({"path": path, "arg": args, "capture-output": capture})).await?;
-        r.get("pid").and_then(Value::as_i64).ok_or_else(|| BenchError::Protocol(format!("guest-exec: no pid in {r}")))
+    pub async fn exec(
+        &mut self,
+        path: &str,
+        args: &[&str],
+        capture: bool,
+    ) -> Result<i64, BenchError> {
+        let r = self
+            .call(
+                "guest-exec",
+                json!({"path": path, "arg": args, "capture-output": capture}),
+            )
+            .await?;
+        r.get("pid")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| BenchError::Protocol(format!("guest-exec: no pid in {r}")))
     }
 
     /// `guest-exec-status` once.
     pub async fn exec_status(&mut self, pid: i64) -> Result<ExecStatus, BenchError> {
         let r = self.call("guest-exec-status", json!({"pid": pid})).await?;
         let out = match r.get("out-data").and_then(Value::as_str) {
-            Some(b64) => base64_decode(b64).ok_or_else(|| BenchError::Protocol("bad base64 out-data".into()))?,
+            Some(b64) => base64_decode(b64)
+                .ok_or_else(|| BenchError::Protocol("bad base64 out-data".into()))?,
             None => Vec::new(),
         };
         Ok(ExecStatus {
@@ -100,7 +140,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     }
 
     /// `guest-exec` then polls `guest-exec-status` every `poll` until exited (at most `total`).
-    pub async fn run(&mut self, path: &str, args: &[&str], poll: Duration, total: Duration) -> Result<ExecStatus, BenchError> {
+    pub async fn run(
+        &mut self,
+        path: &str,
+        args: &[&str],
+        poll: Duration,
+        total: Duration,
+    ) -> Result<ExecStatus, BenchError> {
         let deadline = Instant::now() + total;
         let pid = self.exec(path, args, true).await?;
         loop {
@@ -109,7 +155,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
                 return Ok(st);
             }
             if Instant::now() >= deadline {
-                return Err(BenchError::Timeout { what: "qemu-guest-agent guest-exec", secs: total.as_secs() });
+                return Err(BenchError::Timeout {
+                    what: "qemu-guest-agent guest-exec",
+                    secs: total.as_secs(),
+                });
             }
             tokio::time::sleep(poll).await;
         }
@@ -118,7 +167,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     async fn read_value(&mut self) -> Result<Value, BenchError> {
         loop {
             let mut line = Vec::new();
-            let n = self.io.read_until(b'\n', &mut line).await.map_err(|e| BenchError::io("qga read", e))?;
+            let n = self
+                .io
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(|e| BenchError::io("qga read", e))?;
             if n == 0 {
                 return Err(BenchError::Protocol("qga stream closed".into()));
             }
@@ -127,7 +180,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             if text.is_empty() {
                 continue;
             }
-            return serde_json::from_str(text).map_err(|e| BenchError::Protocol(format!("qga reply {text:?}: {e}")));
+            return serde_json::from_str(text)
+                .map_err(|e| BenchError::Protocol(format!("qga reply {text:?}: {e}")));
         }
     }
 }
@@ -192,7 +246,11 @@ mod tests {
                 for cmd in chunk.split_inclusive('}').filter(|c| c.contains("execute")) {
                     let reply: &[u8] = if cmd.contains("guest-sync-delimited") {
                         syncs += 1;
-                        if syncs == 1 { continue } else { b"garbage\n\xff{\"return\": 7}\n" }
+                        if syncs == 1 {
+                            continue;
+                        } else {
+                            b"garbage\n\xff{\"return\": 7}\n"
+                        }
                     } else if cmd.contains("guest-exec-status") {
                         polls += 1;
                         if polls < 2 {
@@ -210,14 +268,40 @@ mod tests {
             }
         });
         let mut c = QgaClient::new(host);
-        c.sync(7, Duration::from_millis(50), Duration::from_secs(5)).await.unwrap();
-        let st = c.run("/bin/true", &[], Duration::from_millis(1), Duration::from_secs(5)).await.unwrap();
-        assert_eq!(st, ExecStatus { exited: true, exitcode: Some(0), out: b"hi".to_vec() });
-        assert!(matches!(c.call("guest-bogus", json!({})).await, Err(BenchError::Protocol(_))));
+        c.sync(7, Duration::from_millis(50), Duration::from_secs(5))
+            .await
+            .unwrap();
+        let st = c
+            .run(
+                "/bin/true",
+                &[],
+                Duration::from_millis(1),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            st,
+            ExecStatus {
+                exited: true,
+                exitcode: Some(0),
+                out: b"hi".to_vec()
+            }
+        );
+        assert!(matches!(
+            c.call("guest-bogus", json!({})).await,
+            Err(BenchError::Protocol(_))
+        ));
         drop(c);
         let seen = script.await.unwrap();
-        assert!(seen.contains(r#""execute":"guest-exec""#) && seen.contains(r#""path":"/bin/true""#), "{seen}");
+        assert!(
+            seen.contains(r#""execute":"guest-exec""#) && seen.contains(r#""path":"/bin/true""#),
+            "{seen}"
+        );
         assert!(seen.contains(r#""capture-output":true"#), "{seen}");
-        assert!(seen.contains(r#"{"arguments":{"pid":42},"execute":"guest-exec-status"}"#), "{seen}");
+        assert!(
+            seen.contains(r#"{"arguments":{"pid":42},"execute":"guest-exec-status"}"#),
+            "{seen}"
+        );
     }
 }

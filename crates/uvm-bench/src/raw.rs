@@ -45,14 +45,21 @@ pub struct Running {
 
 /// Spawns `base` with one port per name, each on a fresh listener, and accepts
 /// QEMU's connection on each (bounded; fails early if QEMU exits).
-pub async fn spawn_with_ports(base: &BaselineVm, ports: &[&str]) -> Result<(Running, Vec<UnixStream>, Instant), BenchError> {
-    let dir = tempfile::Builder::new().prefix("uvm-bench-").tempdir().map_err(|e| BenchError::io("temp dir", e))?;
+pub async fn spawn_with_ports(
+    base: &BaselineVm,
+    ports: &[&str],
+) -> Result<(Running, Vec<UnixStream>, Instant), BenchError> {
+    let dir = tempfile::Builder::new()
+        .prefix("uvm-bench-")
+        .tempdir()
+        .map_err(|e| BenchError::io("temp dir", e))?;
     let mut vm = base.vm.clone();
     let mut listeners = Vec::new();
     vm.ports.clear();
     for (i, name) in ports.iter().enumerate() {
         let path: PathBuf = dir.path().join(format!("p{i}.sock"));
-        listeners.push(UnixListener::bind(&path).map_err(|e| BenchError::io("bind port socket", e))?);
+        listeners
+            .push(UnixListener::bind(&path).map_err(|e| BenchError::io("bind port socket", e))?);
         vm.ports.push((name.to_string(), path));
     }
     vm.console = base.keep_console.then(|| dir.path().join("console.log"));
@@ -71,7 +78,11 @@ pub async fn spawn_with_ports(base: &BaselineVm, ports: &[&str]) -> Result<(Runn
 }
 
 /// Awaits `fut` for at most [`WAIT`], failing early with QEMU's stderr if QEMU exits.
-pub async fn guard<T>(run: &mut Running, what: &'static str, fut: impl Future<Output = Result<T, BenchError>>) -> Result<T, BenchError> {
+pub async fn guard<T>(
+    run: &mut Running,
+    what: &'static str,
+    fut: impl Future<Output = Result<T, BenchError>>,
+) -> Result<T, BenchError> {
     tokio::pin!(fut);
     let deadline = Instant::now() + WAIT;
     loop {
@@ -100,7 +111,10 @@ pub async fn raw_run(base: &BaselineVm, payload: Option<usize>) -> Result<RawSam
     let mut s = streams.remove(0);
     let mut byte = [0u8; 1];
     guard(&mut run, "first byte from the raw baseline guest", async {
-        s.read_exact(&mut byte).await.map_err(|e| BenchError::io("read first byte", e)).map(|_| ())
+        s.read_exact(&mut byte)
+            .await
+            .map_err(|e| BenchError::io("read first byte", e))
+            .map(|_| ())
     })
     .await?;
     let first = t0.elapsed();
@@ -112,9 +126,14 @@ pub async fn raw_run(base: &BaselineVm, payload: Option<usize>) -> Result<RawSam
             let mut got = 0usize;
             guard(&mut run, "raw virtio-serial payload", async {
                 while got < n {
-                    let k = s.read(&mut buf).await.map_err(|e| BenchError::io("read payload", e))?;
+                    let k = s
+                        .read(&mut buf)
+                        .await
+                        .map_err(|e| BenchError::io("read payload", e))?;
                     if k == 0 {
-                        return Err(BenchError::Protocol(format!("raw guest closed after {got} of {n} bytes")));
+                        return Err(BenchError::Protocol(format!(
+                            "raw guest closed after {got} of {n} bytes"
+                        )));
                     }
                     got += k;
                 }
@@ -124,7 +143,10 @@ pub async fn raw_run(base: &BaselineVm, payload: Option<usize>) -> Result<RawSam
             Some((n, t1.elapsed()))
         }
     };
-    Ok(RawSample { first_byte: first, payload })
+    Ok(RawSample {
+        first_byte: first,
+        payload,
+    })
 }
 
 /// A running qemu-guest-agent peer VM.
@@ -141,6 +163,15 @@ pub struct QgaVm {
 pub async fn start_qga(base: &BaselineVm) -> Result<QgaVm, BenchError> {
     let (mut run, mut streams, t0) = spawn_with_ports(base, &[crate::qga_image::QGA_PORT]).await?;
     let mut client = QgaClient::new(streams.remove(0));
-    guard(&mut run, "qemu-guest-agent to answer guest-sync", client.sync(1, Duration::from_millis(200), WAIT)).await?;
-    Ok(QgaVm { client, run, ready: t0.elapsed() })
+    guard(
+        &mut run,
+        "qemu-guest-agent to answer guest-sync",
+        client.sync(1, Duration::from_millis(200), WAIT),
+    )
+    .await?;
+    Ok(QgaVm {
+        client,
+        run,
+        ready: t0.elapsed(),
+    })
 }

@@ -83,6 +83,8 @@ pub struct Exec {
     pub peer_ready_ms: Option<f64>,
     /// fork+exec+wait of `true` inside the guest, ms per iteration.
     pub floor_ms: Option<f64>,
+    /// The same floor measured in the peer's guest (via guest-exec).
+    pub peer_floor_ms: Option<f64>,
     /// How the floor was measured.
     pub floor_method: String,
 }
@@ -115,7 +117,11 @@ impl Latency {
     /// From samples (ms).
     pub fn of(xs: &[f64]) -> Self {
         let s = Summary::of(xs);
-        Latency { median_ms: s.median, p90_ms: s.p90, n: s.n }
+        Latency {
+            median_ms: s.median,
+            p90_ms: s.p90,
+            n: s.n,
+        }
     }
 }
 
@@ -200,22 +206,89 @@ impl Report {
     pub fn table(&self) -> String {
         let m = &self.machine;
         let mut t = String::new();
-        let _ = writeln!(t, "uvm bench ({}; {} cpus, {}, {} runs; loadavg {})", m.qemu, m.cpus, m.accel, m.runs, m.loadavg.join(" -> "));
-        let _ = writeln!(t, "{:<34} {:>10} {:>10} {:>12} {:>12} {:>8}", "measurement", "median", "p90", "baseline", "base p90", "ratio");
-        let mut row = |name: &str, med: Option<f64>, p90: Option<f64>, b: Option<f64>, bp: Option<f64>, rt: Option<f64>| {
-            let _ = writeln!(t, "{name:<34} {:>10} {:>10} {:>12} {:>12} {:>8}", f(med), f(p90), f(b), f(bp), r(rt));
+        let _ = writeln!(
+            t,
+            "uvm bench ({}; {} cpus, {}, {} runs; loadavg {})",
+            m.qemu,
+            m.cpus,
+            m.accel,
+            m.runs,
+            m.loadavg.join(" -> ")
+        );
+        let _ = writeln!(
+            t,
+            "{:<34} {:>10} {:>10} {:>12} {:>12} {:>8}",
+            "measurement", "median", "p90", "baseline", "base p90", "ratio"
+        );
+        let mut row = |name: &str,
+                       med: Option<f64>,
+                       p90: Option<f64>,
+                       b: Option<f64>,
+                       bp: Option<f64>,
+                       rt: Option<f64>| {
+            let _ = writeln!(
+                t,
+                "{name:<34} {:>10} {:>10} {:>12} {:>12} {:>8}",
+                f(med),
+                f(p90),
+                f(b),
+                f(bp),
+                r(rt)
+            );
         };
         for b in self.boot.iter().chain(&self.boot_stock) {
-            row(&format!("boot {} create+start ms", b.kernel), b.median_ms, b.p90_ms, b.baseline_median_ms, b.baseline_p90_ms, b.ratio);
-            row(&format!("  create_vm ms"), b.create.median, b.create.p90, None, None, None);
-            row(&format!("  start_vm ms"), b.start.median, b.start.p90, None, None, None);
+            row(
+                &format!("boot {} create+start ms", b.kernel),
+                b.median_ms,
+                b.p90_ms,
+                b.baseline_median_ms,
+                b.baseline_p90_ms,
+                b.ratio,
+            );
+            row(
+                "  create_vm ms",
+                b.create.median,
+                b.create.p90,
+                None,
+                None,
+                None,
+            );
+            row(
+                "  start_vm ms",
+                b.start.median,
+                b.start.p90,
+                None,
+                None,
+                None,
+            );
         }
         if let Some(e) = &self.exec {
-            row("exec `true` ms (peer: qga)", e.median_ms, e.p90_ms, e.peer_median_ms, e.peer_p90_ms, e.ratio);
-            row("  in-guest fork+exec+wait floor ms", e.floor_ms, None, None, None, None);
+            row(
+                "exec `true` ms (peer: qga)",
+                e.median_ms,
+                e.p90_ms,
+                e.peer_median_ms,
+                e.peer_p90_ms,
+                e.ratio,
+            );
+            row(
+                "  in-guest fork+exec+wait floor ms",
+                e.floor_ms,
+                None,
+                e.peer_floor_ms,
+                None,
+                None,
+            );
         }
         if let Some(s) = &self.stdout_throughput {
-            row(&format!("stdout MiB/s ({} MiB)", s.bytes >> 20), s.mib_s, None, s.baseline_mib_s, None, s.ratio);
+            row(
+                &format!("stdout MiB/s ({} MiB)", s.bytes >> 20),
+                s.mib_s,
+                None,
+                s.baseline_mib_s,
+                None,
+                s.ratio,
+            );
         }
         if let Some(l) = &self.terminate {
             row("terminate_vm ms", l.median_ms, l.p90_ms, None, None, None);
@@ -226,12 +299,30 @@ impl Report {
         if let Some(mem) = &self.memory {
             for m in &mem.rss_mib {
                 let name = format!("idle RSS MiB, {} MiB guest", m.guest_mb);
-                row(&name, m.rss_mib, None, m.peer_qemu_rss_mib, None, ratio(m.rss_mib, m.peer_qemu_rss_mib));
+                row(
+                    &name,
+                    m.rss_mib,
+                    None,
+                    m.peer_qemu_rss_mib,
+                    None,
+                    ratio(m.rss_mib, m.peer_qemu_rss_mib),
+                );
             }
-            let _ = writeln!(t, "  (tb-size cap {:?} MiB; baseline = idle qemu-guest-agent VM QEMU Rss)", mem.tb_size_mb);
+            let _ = writeln!(
+                t,
+                "  (tb-size cap {:?} MiB; baseline = idle qemu-guest-agent VM QEMU Rss)",
+                mem.tb_size_mb
+            );
         }
         for d in &self.density {
-            let _ = writeln!(t, "density {:>2} VMs: all Running {} s, {} MiB/VM, {} failures", d.vms, f(d.all_running_s), f(d.rss_mib_per_vm), d.failures);
+            let _ = writeln!(
+                t,
+                "density {:>2} VMs: all Running {} s, {} MiB/VM, {} failures",
+                d.vms,
+                f(d.all_running_s),
+                f(d.rss_mib_per_vm),
+                d.failures
+            );
         }
         for e in &self.errors {
             let _ = writeln!(t, "ERROR {e}");
@@ -247,13 +338,33 @@ mod tests {
     #[test]
     fn json_has_design_keys() {
         let rep = Report {
-            boot: Some(Boot::from_samples("tuned", &[10.0, 12.0], &[90.0, 100.0], &[80.0, 90.0])),
-            exec: Some(Exec { peer: "qemu-guest-agent".into(), median_ms: Some(2.0), peer_median_ms: Some(4.0), ratio: Some(0.5), ..Default::default() }),
+            boot: Some(Boot::from_samples(
+                "tuned",
+                &[10.0, 12.0],
+                &[90.0, 100.0],
+                &[80.0, 90.0],
+            )),
+            exec: Some(Exec {
+                peer: "qemu-guest-agent".into(),
+                median_ms: Some(2.0),
+                peer_median_ms: Some(4.0),
+                ratio: Some(0.5),
+                ..Default::default()
+            }),
             stdout_throughput: Some(Throughput::default()),
             terminate: Some(Latency::of(&[1.0])),
             stats: Some(Latency::of(&[1.0])),
-            memory: Some(Memory { tb_size_mb: Some(32), rss_mib: vec![MemoryRow { guest_mb: 128, ..Default::default() }] }),
-            density: vec![Density { vms: 1, ..Default::default() }],
+            memory: Some(Memory {
+                tb_size_mb: Some(32),
+                rss_mib: vec![MemoryRow {
+                    guest_mb: 128,
+                    ..Default::default()
+                }],
+            }),
+            density: vec![Density {
+                vms: 1,
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let v: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
@@ -267,7 +378,10 @@ mod tests {
         }
         assert_eq!(v["exec"]["peer"], "qemu-guest-agent");
         for k in ["mib_s", "baseline_mib_s", "ratio"] {
-            assert!(v["stdout_throughput"].get(k).is_some(), "stdout_throughput.{k}");
+            assert!(
+                v["stdout_throughput"].get(k).is_some(),
+                "stdout_throughput.{k}"
+            );
         }
         assert!(v["terminate"]["median_ms"].is_number() && v["stats"]["median_ms"].is_number());
         assert_eq!(v["memory"]["tb_size_mb"], 32);

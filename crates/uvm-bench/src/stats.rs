@@ -7,7 +7,11 @@ use std::time::Duration;
 pub fn median(xs: &[f64]) -> Option<f64> {
     let s = sorted(xs)?;
     let n = s.len();
-    Some(if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 })
+    Some(if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    })
 }
 
 /// The `p`-th percentile (0 < p <= 100) by the nearest-rank method; `None` when empty.
@@ -102,7 +106,10 @@ mod tests {
     #[test]
     fn summary_fields() {
         let s = Summary::of(&[10.0, 30.0, 20.0]);
-        assert_eq!((s.n, s.median, s.min, s.max), (3, Some(20.0), Some(10.0), Some(30.0)));
+        assert_eq!(
+            (s.n, s.median, s.min, s.max),
+            (3, Some(20.0), Some(10.0), Some(30.0))
+        );
         assert_eq!(Summary::of(&[]).median, None);
     }
 }

@@ -1,0 +1,185 @@
+//! Our side of each measurement: the `uvm` controller with the production image.
+
+use crate::stats::ms;
+use crate::BenchError;
+use std::path::Path;
+use std::time::Duration;
+use tokio::time::{timeout, Instant};
+use uvm::{Controller, CreateOptions, ExecRequest, Manager, StartOptions};
+use uvm_image::Image;
+
+/// Upper bound of one controller call.
+pub const CALL: Duration = Duration::from_secs(120);
+
+/// A VM document for `image` with `memory_mb` and `cpus`.
+pub fn document(image: &Image, memory_mb: u32, cpus: u32) -> uvm_schema::ComputeSystem {
+    uvm_schema::LcowDocumentBuilder::new(&image.kernel, &image.initrd)
+        .memory_mb(u64::from(memory_mb))
+        .processors(cpus)
+        .cmdline(image.cmdline.clone())
+        .build()
+}
+
+/// Runs a controller call with the [`CALL`] bound.
+pub async fn bounded<T>(
+    what: &'static str,
+    f: impl std::future::Future<Output = Result<T, uvm::Error>>,
+) -> Result<T, BenchError> {
+    match timeout(CALL, f).await {
+        Ok(r) => r.map_err(|source| BenchError::Controller { what, source }),
+        Err(_) => Err(BenchError::Timeout {
+            what,
+            secs: CALL.as_secs(),
+        }),
+    }
+}
+
+/// A Running UVM of ours. Dropping the [`Manager`] terminates its VM; call
+/// [`OurVm::terminate`] to do it (and time it) explicitly.
+pub struct OurVm {
+    /// The controller.
+    pub mgr: Manager,
+    /// create_vm duration.
+    pub create: Duration,
+    /// start_vm duration (to Running).
+    pub start: Duration,
+}
+
+impl OurVm {
+    /// create_vm + start_vm, timed separately.
+    pub async fn boot(
+        id: &str,
+        image: &Image,
+        memory_mb: u32,
+        cpus: u32,
+    ) -> Result<OurVm, BenchError> {
+        let doc = document(image, memory_mb, cpus);
+        let mgr = Manager::new();
+        let t0 = Instant::now();
+        bounded(
+            "create_vm",
+            mgr.create_vm(CreateOptions {
+                id: id.into(),
+                document: doc,
+            }),
+        )
+        .await?;
+        let create = t0.elapsed();
+        let t1 = Instant::now();
+        bounded("start_vm", mgr.start_vm(StartOptions::default())).await?;
+        Ok(OurVm {
+            mgr,
+            create,
+            start: t1.elapsed(),
+        })
+    }
+
+    /// [`OurVm::boot`] with owned arguments (for `tokio::spawn`).
+    pub async fn boot_owned(
+        id: String,
+        image: Image,
+        memory_mb: u32,
+        cpus: u32,
+    ) -> Result<OurVm, BenchError> {
+        Self::boot(&id, &image, memory_mb, cpus).await
+    }
+
+    /// Runs `args` through `exec_into_host`, stdout to `stdout` if given; returns (exit code, elapsed).
+    pub async fn exec(
+        &self,
+        args: &[&str],
+        stdout: Option<&Path>,
+    ) -> Result<(i32, Duration), BenchError> {
+        let req = ExecRequest {
+            args: args.iter().map(|s| s.to_string()).collect(),
+            workdir: String::new(),
+            terminal: false,
+            stdin: None,
+            stdout: stdout.map(Path::to_path_buf),
+            stderr: None,
+        };
+        let t = Instant::now();
+        let code = bounded("exec_into_host", self.mgr.exec_into_host(req)).await?;
+        Ok((code, t.elapsed()))
+    }
+
+    /// One `stats()` call, timed (ms).
+    pub async fn stats_ms(&self) -> Result<f64, BenchError> {
+        let t = Instant::now();
+        bounded("stats", self.mgr.stats()).await?;
+        Ok(ms(t.elapsed()))
+    }
+
+    /// terminate_vm, timed.
+    pub async fn terminate(self) -> Result<Duration, BenchError> {
+        let t = Instant::now();
+        bounded("terminate_vm", self.mgr.terminate_vm()).await?;
+        Ok(t.elapsed())
+    }
+}
+
+/// Exec of `true` with stdout discarded, checked for exit code 0; ms.
+pub async fn exec_true_ms(vm: &OurVm) -> Result<f64, BenchError> {
+    let (code, d) = vm.exec(&["/bin/true"], None).await?;
+    if code != 0 {
+        return Err(BenchError::Protocol(format!(
+            "`true` exited {code} in our guest"
+        )));
+    }
+    Ok(ms(d))
+}
+
+/// `head -c N /dev/zero` to a host file; returns MiB/s after checking the size.
+pub async fn stdout_mib_s(vm: &OurVm, bytes: usize, dir: &Path) -> Result<f64, BenchError> {
+    let out = dir.join("stdout.bin");
+    let n = bytes.to_string();
+    let (code, d) = vm
+        .exec(&["/bin/head", "-c", &n, "/dev/zero"], Some(&out))
+        .await?;
+    let got = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&out);
+    if code != 0 || got != bytes as u64 {
+        return Err(BenchError::Protocol(format!(
+            "stdout run: exit {code}, {got} of {bytes} bytes"
+        )));
+    }
+    Ok(bytes as f64 / (1 << 20) as f64 / d.as_secs_f64())
+}
+
+/// The in-guest fork+exec+wait floor: a busybox sh loop of `iters` `/bin/true`
+/// runs timed with `/proc/uptime` (10 ms resolution) before and after; ms per run.
+pub fn floor_script(iters: usize) -> String {
+    format!("read a x </proc/uptime; for i in $(seq {iters}); do /bin/true; done; read b x </proc/uptime; echo $a $b")
+}
+
+/// Parses the output of [`floor_script`] into ms per iteration.
+pub fn parse_floor(out: &str, iters: usize) -> Option<f64> {
+    let mut it = out.split_whitespace().map(str::parse::<f64>);
+    let (a, b) = (it.next()?.ok()?, it.next()?.ok()?);
+    Some((b - a) * 1000.0 / iters as f64)
+}
+
+/// Runs [`floor_script`] through our exec.
+pub async fn floor_ms(vm: &OurVm, iters: usize, dir: &Path) -> Result<f64, BenchError> {
+    let out = dir.join("floor.txt");
+    let (code, _) = vm
+        .exec(&["/bin/sh", "-c", &floor_script(iters)], Some(&out))
+        .await?;
+    let text = std::fs::read_to_string(&out).unwrap_or_default();
+    parse_floor(&text, iters)
+        .filter(|_| code == 0)
+        .ok_or_else(|| BenchError::Protocol(format!("floor output {text:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_parse() {
+        let f = parse_floor("10.50 10.70\n", 100).unwrap();
+        assert!((f - 2.0).abs() < 1e-9, "{f}");
+        assert_eq!(parse_floor("garbage", 100), None);
+        assert!(floor_script(5).contains("seq 5"));
+    }
+}

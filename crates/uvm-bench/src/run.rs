@@ -1,0 +1,244 @@
+//! The benchmark driver: every measurement interleaved with its baseline.
+
+use crate::ours::{self, OurVm};
+use crate::qemu::{self, Accel};
+use crate::raw::{self, BaselineVm, RawSample};
+use crate::report::*;
+use crate::stats::{median, ms, ratio, Summary};
+use crate::{memory, qga_image, setup, BenchError, BenchOptions, KernelKind};
+use std::time::Duration;
+use tokio::time::Instant;
+use uvm_image::Image;
+
+fn img<T>(r: uvm_image::Result<T>) -> Result<T, BenchError> {
+    r.map_err(|e| BenchError::Image(e.to_string()))
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// Runs every benchmark of `opts`. A failing section is recorded in
+/// [`Report::errors`] and the others still run; `Err` only when no image can be built.
+pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
+    let first = opts.kernels.first().cloned().unwrap_or(KernelKind::Tuned);
+    let mut rep = Report {
+        machine: MachineInfo {
+            cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            accel: Accel::detect().name().into(),
+            qemu: qemu::version(),
+            kernel: Vec::new(),
+            loadavg: vec![loadavg()],
+            quick: opts.quick,
+            runs: opts.runs,
+        },
+        ..Default::default()
+    };
+    let progress = |m: &str| tracing::info!("{m}");
+    let ours_img = img(uvm_image::ensure_image(&first, &progress))?;
+    let raw_img = setup::raw_image(&first)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("uvm-bench-")
+        .tempdir()
+        .map_err(|e| BenchError::io("temp dir", e))?;
+    let qga_initrd = tmp.path().join("qga.cpio");
+    qga_image::build(&qga_initrd)?;
+
+    for kind in &opts.kernels {
+        let name = setup::kind_name(kind);
+        let r = boot_section(opts, kind, &mut rep).await;
+        match r {
+            Ok(b) if kind == &KernelKind::Tuned || rep.boot.is_none() => rep.boot = Some(b),
+            Ok(b) => rep.boot_stock = Some(b),
+            Err(e) => rep.errors.push(format!("boot {name}: {}", chain(&e))),
+        }
+    }
+    let mem = opts.memory_mb;
+    let base = setup::baseline(&raw_img, &raw_img.initrd, opts, mem);
+    let peer = setup::baseline(&raw_img, &qga_initrd, opts, mem);
+    match exec_and_stdout(opts, &ours_img, &base, &peer, tmp.path()).await {
+        Ok((e, t, s)) => {
+            rep.exec = Some(e);
+            rep.stdout_throughput = Some(t);
+            rep.stats = Some(s);
+        }
+        Err(e) => rep.errors.push(format!("exec/stdout: {}", chain(&e))),
+    }
+    match memory_section(opts, &ours_img, &raw_img, &qga_initrd).await {
+        Ok(m) => rep.memory = Some(m),
+        Err(e) => rep.errors.push(format!("memory: {}", chain(&e))),
+    }
+    for &n in &opts.density_counts {
+        rep.density
+            .push(crate::density::step(n, &ours_img, opts).await);
+    }
+    rep.machine.loadavg.push(loadavg());
+    Ok(rep)
+}
+
+/// An error with its `source()` chain, `: `-separated.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+async fn boot_section(
+    opts: &BenchOptions,
+    kind: &KernelKind,
+    rep: &mut Report,
+) -> Result<Boot, BenchError> {
+    let progress = |m: &str| tracing::info!("{m}");
+    let ours_img = img(uvm_image::ensure_image(kind, &progress))?;
+    let raw_img = setup::raw_image(kind)?;
+    rep.machine.kernel.push(format!(
+        "{}: {}",
+        setup::kind_name(kind),
+        ours_img.kernel.display()
+    ));
+    let base = setup::baseline(&raw_img, &raw_img.initrd, opts, opts.memory_mb);
+    let (mut create, mut start, mut baseline, mut term) = (vec![], vec![], vec![], vec![]);
+    for i in 0..opts.runs {
+        // ours, then the baseline, alternating.
+        let vm = OurVm::boot(
+            &format!("bench-boot-{i}"),
+            &ours_img,
+            opts.memory_mb,
+            opts.cpus,
+        )
+        .await?;
+        create.push(ms(vm.create));
+        start.push(ms(vm.start));
+        term.push(ms(vm.terminate().await?));
+        let s: RawSample = raw::raw_run(&base, None).await?;
+        baseline.push(ms(s.first_byte));
+    }
+    if *kind == KernelKind::Tuned || rep.terminate.is_none() {
+        rep.terminate = Some(Latency::of(&term));
+    }
+    Ok(Boot::from_samples(
+        &setup::kind_name(kind),
+        &create,
+        &start,
+        &baseline,
+    ))
+}
+
+async fn exec_and_stdout(
+    opts: &BenchOptions,
+    ours_img: &Image,
+    base: &BaselineVm,
+    peer: &BaselineVm,
+    dir: &std::path::Path,
+) -> Result<(Exec, Throughput, Latency), BenchError> {
+    let vm = OurVm::boot("bench-exec", ours_img, opts.memory_mb, opts.cpus).await?;
+    let mut q = raw::start_qga(peer).await?;
+    let poll = opts.qga_poll;
+    // Warm-up: one of each, not counted.
+    ours::exec_true_ms(&vm).await?;
+    q.client.run("/bin/true", &[], poll, raw::WAIT).await?;
+    let (mut o, mut p, mut st) = (vec![], vec![], vec![]);
+    for _ in 0..opts.runs * 10 {
+        o.push(ours::exec_true_ms(&vm).await?);
+        let t = Instant::now();
+        let s = q.client.run("/bin/true", &[], poll, raw::WAIT).await?;
+        p.push(ms(t.elapsed()));
+        if s.exitcode != Some(0) {
+            return Err(BenchError::Protocol(format!(
+                "peer `true` exit {:?}",
+                s.exitcode
+            )));
+        }
+        st.push(vm.stats_ms().await?);
+    }
+    let iters = opts.floor_iterations;
+    let floor = ours::floor_ms(&vm, iters, dir).await?;
+    let peer_floor = q
+        .client
+        .run(
+            "/bin/sh",
+            &["-c", &ours::floor_script(iters)],
+            Duration::from_millis(5),
+            raw::WAIT,
+        )
+        .await?;
+    let peer_floor = ours::parse_floor(&String::from_utf8_lossy(&peer_floor.out), iters);
+    let peer_ready = ms(q.ready);
+    drop(q);
+
+    let bytes = opts.throughput_mib << 20;
+    let (mut tm, mut tb) = (vec![], vec![]);
+    for _ in 0..opts.runs {
+        tm.push(ours::stdout_mib_s(&vm, bytes, dir).await?);
+        let s = raw::raw_run(base, Some(bytes)).await?;
+        let (n, d) = s.payload.expect("payload requested");
+        tb.push(n as f64 / (1 << 20) as f64 / d.as_secs_f64());
+    }
+    vm.terminate().await?;
+    let (so, sp) = (Summary::of(&o), Summary::of(&p));
+    let exec = Exec {
+        median_ms: so.median,
+        p90_ms: so.p90,
+        peer_median_ms: sp.median,
+        peer_p90_ms: sp.p90,
+        ratio: ratio(so.median, sp.median),
+        peer: "qemu-guest-agent".into(),
+        peer_poll_ms: ms(poll),
+        peer_ready_ms: Some(peer_ready),
+        floor_ms: Some(floor),
+        peer_floor_ms: peer_floor,
+        floor_method: format!("busybox sh loop of {iters} x /bin/true in the guest, timed by /proc/uptime (10 ms resolution), ms per iteration"),
+    };
+    let (mo, mb) = (median(&tm), median(&tb));
+    let thr = Throughput {
+        bytes,
+        mib_s: mo,
+        baseline_mib_s: mb,
+        ratio: ratio(mo, mb),
+    };
+    Ok((exec, thr, Latency::of(&st)))
+}
+
+async fn memory_section(
+    opts: &BenchOptions,
+    ours_img: &Image,
+    raw_img: &Image,
+    qga_initrd: &std::path::Path,
+) -> Result<Memory, BenchError> {
+    let mut rows = Vec::new();
+    for &mb in &opts.memory_sizes_mb {
+        let before = memory::self_rss_kib().unwrap_or(0);
+        let vm = OurVm::boot(&format!("bench-mem-{mb}"), ours_img, mb, opts.cpus).await?;
+        ours::exec_true_ms(&vm).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let q = memory::qemu_children_rss_mib();
+        let c = memory::self_rss_kib().unwrap_or(0).saturating_sub(before) as f64 / 1024.0;
+        vm.terminate().await?;
+        let peer = setup::baseline(raw_img, qga_initrd, opts, mb);
+        let mut p = raw::start_qga(&peer).await?;
+        p.client
+            .run("/bin/true", &[], opts.qga_poll, raw::WAIT)
+            .await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let peer_rss = memory::rss_kib(p.run.qemu.pid()).map(|k| k as f64 / 1024.0);
+        drop(p);
+        rows.push(MemoryRow {
+            guest_mb: mb,
+            rss_mib: Some(q + c),
+            qemu_rss_mib: Some(q),
+            controller_rss_mib: Some(c),
+            peer_qemu_rss_mib: peer_rss,
+        });
+    }
+    Ok(Memory {
+        tb_size_mb: opts.tb_size_mb,
+        rss_mib: rows,
+    })
+}
