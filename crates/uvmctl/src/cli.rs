@@ -1,0 +1,196 @@
+//! Command-line syntax of `uvmctl`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run commands in Utility VMs: lightweight VMs booting a small Linux kernel
+/// with the uvm agent as PID 1.
+#[derive(Debug, Parser)]
+#[command(name = "uvmctl", version, about, propagate_version = true)]
+pub struct Cli {
+    /// More output: -v shows guest logs and lifecycle events, -vv debug logs.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a UVM, run CMD in it with stdio attached, terminate it, exit with CMD's code.
+    Run(RunArgs),
+    /// Print a ready-to-run VM document (JSON) for the default image.
+    Doc(DocArgs),
+    /// Build or show the guest kernel and initramfs.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Measure boot, exec, throughput, terminate, memory and density against baselines.
+    Bench(BenchArgs),
+}
+
+/// Which guest kernel to boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// The small kernel built from `guest/kernel/` (PVH, microvm).
+    Tuned,
+    /// The distribution's kernel (`linux-image-*-cloud-amd64`, q35).
+    Stock,
+    /// A kernel file of your own.
+    Path(PathBuf),
+}
+
+impl std::str::FromStr for KernelChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tuned" => Ok(KernelChoice::Tuned),
+            "stock" => Ok(KernelChoice::Stock),
+            "" => Err("empty kernel: use tuned, stock or a path".into()),
+            p => Ok(KernelChoice::Path(PathBuf::from(p))),
+        }
+    }
+}
+
+/// `uvmctl run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// VM document (JSON, HCS v2 schema) to boot instead of the default one.
+    #[arg(long, value_name = "FILE")]
+    pub doc: Option<PathBuf>,
+    /// Guest memory in MiB (64..=1048576).
+    #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    pub memory: Option<u64>,
+    /// Virtual CPUs (1..=255).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=255))]
+    pub cpus: Option<u32>,
+    /// Guest kernel: tuned, stock or a path.
+    #[arg(long, value_name = "tuned|stock|PATH", default_value = "tuned")]
+    pub kernel: KernelChoice,
+    /// Keep stdin open and forward it to CMD.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Give CMD a terminal (raw mode, window size forwarded).
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Print the VM's statistics and lifecycle timings after CMD ends.
+    #[arg(long)]
+    pub stats: bool,
+    /// With --stats: print them as JSON on stderr instead of a table.
+    #[arg(long, requires = "stats")]
+    pub json: bool,
+    /// Kill CMD and the VM after this long (e.g. 30s, 5m).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Environment variable for CMD (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory of CMD inside the guest.
+    #[arg(short, long, value_name = "DIR", default_value = "/")]
+    pub workdir: String,
+    /// VM id (default: uvmctl-<random>).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// The command and its arguments. With none and a terminal: an interactive shell.
+    #[arg(last = true, value_name = "CMD")]
+    pub cmd: Vec<String>,
+}
+
+/// `uvmctl doc`.
+#[derive(Debug, Args)]
+pub struct DocArgs {
+    /// Guest kernel: tuned, stock or a path.
+    #[arg(long, default_value = "tuned")]
+    pub kernel: KernelChoice,
+    /// Guest memory in MiB.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+    pub memory: Option<u64>,
+    /// Virtual CPUs.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=255))]
+    pub cpus: Option<u32>,
+}
+
+/// `uvmctl image ...`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build (or reuse) the kernel and initramfs.
+    Build {
+        /// Which kernel(s) to prepare.
+        #[arg(long, value_enum, default_value = "tuned")]
+        kernel: ImageKernel,
+    },
+    /// Show where the image parts are and whether they are built.
+    Info,
+}
+
+/// Kernels `image build` can prepare.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ImageKernel {
+    /// The tuned kernel.
+    Tuned,
+    /// The stock kernel.
+    Stock,
+    /// Both.
+    All,
+}
+
+/// `uvmctl bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// A short run (fewer iterations, tuned kernel only): under 10 minutes.
+    #[arg(long)]
+    pub quick: bool,
+    /// Also write the results as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("uvmctl").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn run_takes_command_after_double_dash() {
+        let cli = parse(&["run", "--memory", "256", "--", "ls", "-l"]).unwrap();
+        let Command::Run(r) = cli.command else { panic!("not run") };
+        assert_eq!(r.cmd, vec!["ls", "-l"]);
+        assert_eq!(r.memory, Some(256));
+        assert_eq!(r.kernel, KernelChoice::Tuned);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for bad in [
+            &["run", "--memory", "0", "--", "true"][..],
+            &["run", "--memory", "lots", "--", "true"],
+            &["run", "--cpus", "0", "--", "true"],
+            &["run", "--timeout", "0s", "--", "true"],
+            &["run", "--json", "--", "true"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn kernel_choice_parses_paths() {
+        assert_eq!("stock".parse::<KernelChoice>().unwrap(), KernelChoice::Stock);
+        assert_eq!(
+            "/boot/vmlinuz".parse::<KernelChoice>().unwrap(),
+            KernelChoice::Path("/boot/vmlinuz".into())
+        );
+    }
+}

@@ -1,0 +1,251 @@
+//! `uvmctl run`: boot a UVM, run one command in it with stdio attached, tear it down.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::signal::unix::{signal, SignalKind};
+use uvm::{Controller, CreateOptions, Manager, StartOptions};
+use uvm_guest::{ExitOutcome, GuestError, Process, ProcessSpec};
+use uvm_image::KernelKind;
+use uvm_schema::ComputeSystem;
+
+use crate::cli::RunArgs;
+use crate::exit;
+use crate::image::{default_document, ensure_image};
+use crate::stats_table::{print_report, Timings};
+use crate::tty::{host_window_size, RawMode};
+
+/// Runs `uvmctl run` and returns the process exit code.
+pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
+    let interactive_shell = args.cmd.is_empty();
+    if interactive_shell && !std::io::stdin().is_terminal() {
+        bail!("no command given (usage: uvmctl run [OPTIONS] -- CMD [ARGS...])");
+    }
+    let tty = args.tty || interactive_shell;
+    let interactive = args.interactive || interactive_shell;
+    let cmd = if interactive_shell { vec!["/bin/sh".to_owned()] } else { args.cmd.clone() };
+    for e in &args.env {
+        if !e.contains('=') {
+            bail!("--env {e:?}: expected KEY=VALUE");
+        }
+    }
+
+    let document = load_document(&args).await?;
+    let id = args.id.clone().unwrap_or_else(|| format!("uvmctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    let manager = Arc::new(Manager::new());
+    let mut timings = Timings::default();
+
+    let t = Instant::now();
+    manager
+        .create_vm(CreateOptions { id: id.clone(), document })
+        .await
+        .context("creating the VM")?;
+    timings.create = Some(t.elapsed());
+
+    // From here on the VM exists: every path goes through terminate.
+    let outcome = async {
+        let t = Instant::now();
+        interruptible(manager.start_vm(StartOptions::default()), "starting the VM").await?;
+        timings.start = Some(t.elapsed());
+        let guest = manager.guest().context("the VM has no guest connection")?;
+        let spec = ProcessSpec {
+            args: cmd.clone(),
+            env: args.env.clone(),
+            workdir: args.workdir.clone(),
+            terminal: tty,
+            window: if tty { host_window_size().map(|(r, c)| (r as u16, c as u16)) } else { None },
+        };
+        let t = Instant::now();
+        let process = match guest.spawn(spec).await {
+            Ok(p) => p,
+            Err(e) => return Ok(RunEnd::Refused(e)),
+        };
+        let end = attach(process, interactive, tty, args.timeout, &manager).await?;
+        timings.exec = Some(t.elapsed());
+        if args.stats {
+            match manager.stats().await {
+                Ok(s) => timings.stats = Some(s),
+                Err(e) => eprintln!("uvmctl: stats: {e}"),
+            }
+        }
+        Ok::<_, anyhow::Error>(end)
+    }
+    .await;
+
+    let t = Instant::now();
+    let terminated = manager.terminate_vm().await;
+    timings.terminate = Some(t.elapsed());
+    let end = outcome?;
+    terminated.context("terminating the VM")?;
+    if args.stats {
+        print_report(&timings, args.json);
+    }
+    Ok(match end {
+        RunEnd::Exited(o) => o.code(),
+        RunEnd::Refused(e) => refused_code(&cmd[0], e)?,
+        RunEnd::Interrupted(sig) => exit::signaled(sig),
+        RunEnd::TimedOut(d) => {
+            eprintln!("uvmctl: {} timed out after {}", cmd[0], humantime::format_duration(d));
+            exit::UVMCTL_FAILED
+        }
+    })
+}
+
+/// How the guest command ended, as far as `run` is concerned.
+enum RunEnd {
+    Exited(ExitOutcome),
+    Refused(GuestError),
+    Interrupted(i32),
+    TimedOut(Duration),
+}
+
+/// Maps an exec refusal to 126/127, or an error for everything else.
+fn refused_code(cmd: &str, e: GuestError) -> anyhow::Result<i32> {
+    match e {
+        GuestError::CommandNotFound { .. } => {
+            eprintln!("uvmctl: {cmd}: command not found");
+            Ok(exit::NOT_FOUND)
+        }
+        GuestError::NotExecutable { message } => {
+            eprintln!("uvmctl: {cmd}: cannot execute: {message}");
+            Ok(exit::NOT_EXECUTABLE)
+        }
+        GuestError::DeniedByPolicy { message } => {
+            eprintln!("uvmctl: {cmd}: denied by the guest security policy: {message}");
+            Ok(exit::NOT_EXECUTABLE)
+        }
+        other => Err(anyhow::Error::new(other).context(format!("running {cmd}"))),
+    }
+}
+
+async fn load_document(args: &RunArgs) -> anyhow::Result<ComputeSystem> {
+    if let Some(path) = &args.doc {
+        let json = tokio::fs::read_to_string(path)
+            .await
+            .with_context(|| format!("reading VM document {}", path.display()))?;
+        let mut doc = ComputeSystem::from_json(&json).with_context(|| format!("VM document {}", path.display()))?;
+        if let Some(vm) = doc.virtual_machine.as_mut() {
+            if let Some(mb) = args.memory {
+                vm.compute_topology.memory.size_in_mb = mb;
+            }
+            if let Some(n) = args.cpus {
+                vm.compute_topology.processor.count = n;
+            }
+        }
+        return Ok(doc);
+    }
+    let image = ensure_image(KernelKind::from(&args.kernel)).await?;
+    Ok(default_document(&image, args.memory, args.cpus))
+}
+
+/// Awaits `fut` unless SIGINT/SIGTERM arrives first.
+async fn interruptible<T, E>(fut: impl std::future::Future<Output = Result<T, E>>, what: &'static str) -> anyhow::Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        r = fut => r.context(what),
+        _ = int.recv() => bail!("interrupted while {what}"),
+        _ = term.recv() => bail!("terminated while {what}"),
+    }
+}
+
+/// Connects the host's stdio to the guest process until it exits, the VM dies,
+/// the timeout passes or we are signalled.
+async fn attach(
+    mut process: Process,
+    interactive: bool,
+    tty: bool,
+    timeout: Option<Duration>,
+    manager: &Arc<Manager>,
+) -> anyhow::Result<RunEnd> {
+    let _raw = if tty && std::io::stdin().is_terminal() { RawMode::enable()? } else { None };
+    let stdin_task = match (process.stdin.take(), interactive) {
+        (Some(stdin), true) => Some(tokio::spawn(copy_then_close(tokio::io::stdin(), stdin))),
+        (Some(mut stdin), false) => {
+            let _ = stdin.shutdown().await;
+            None
+        }
+        (None, _) => None,
+    };
+    let out = process.stdout.take().map(|o| tokio::spawn(copy_out(o, tokio::io::stdout())));
+    let err = process.stderr.take().map(|e| tokio::spawn(copy_out(e, tokio::io::stderr())));
+
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut winch = signal(SignalKind::window_change())?;
+    let deadline = async {
+        match timeout {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let end = loop {
+        tokio::select! {
+            r = process.wait() => break RunEnd::Exited(r.context("waiting for the command")?),
+            _ = int.recv() => break RunEnd::Interrupted(libc::SIGINT),
+            _ = term.recv() => break RunEnd::Interrupted(libc::SIGTERM),
+            _ = &mut deadline => break RunEnd::TimedOut(timeout.unwrap_or_default()),
+            _ = winch.recv(), if tty => {
+                if let Some((r, c)) = host_window_size() {
+                    let _ = process.resize(r as u16, c as u16).await;
+                }
+            }
+            r = manager.wait() => {
+                let status = manager.exit_status().ok();
+                bail!("the VM exited while the command ran: {}", describe_exit(r.err(), status));
+            }
+        }
+    };
+    if let Some(t) = stdin_task {
+        t.abort();
+    }
+    // Output that arrived before the exit status is flushed; bounded so a
+    // stuck stream cannot hold us.
+    for task in [out, err].into_iter().flatten() {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    Ok(end)
+}
+
+fn describe_exit(wait_err: Option<uvm::Error>, status: Option<uvm::ExitStatus>) -> String {
+    match (wait_err, status.and_then(|s| s.err)) {
+        (_, Some(e)) => e.to_string(),
+        (Some(e), None) => e.to_string(),
+        (None, None) => "clean exit".to_owned(),
+    }
+}
+
+async fn copy_then_close<R, W>(mut from: R, mut to: W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let _ = tokio::io::copy(&mut from, &mut to).await;
+    let _ = to.shutdown().await;
+}
+
+async fn copy_out<R, W>(mut from: R, mut to: W)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Write each chunk as it comes so interactive output is not held back.
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::io::AsyncReadExt::read(&mut from, &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() || to.flush().await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
