@@ -145,8 +145,7 @@ fn is_stale(dir: &Path) -> bool {
         return true;
     }
     // SAFETY: flock on an fd we own; a shared non-blocking try.
-    let free = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0;
-    free
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) == 0 }
 }
 
 /// Removes the runtime dirs under `root` whose owner is gone; returns them.
