@@ -14,22 +14,100 @@ pub const GUEST_TIMEOUT: Duration = Duration::from_secs(90);
 /// One VM boot at a time per test binary: TCG on 2 loaded cores is slow enough.
 pub static BOOT_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// The guest kernel: the tuned vmlinux if built, else none (tests print why they skip).
+/// The guest kernel: `$UVM_TEST_KERNEL`, else the tuned vmlinux if built, else
+/// the stock distro bzImage (booted on q35, virtio drivers loaded from modules
+/// packed into the test initramfs). `None` only when there is no kernel at all.
 pub fn kernel() -> Option<PathBuf> {
     if let Some(k) = std::env::var_os("UVM_TEST_KERNEL") {
         return Some(PathBuf::from(k));
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from)?;
-    let cache = home.join(".cache/uvm/kernel");
-    let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
+    if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+        let cache = home.join(".cache/uvm/kernel");
+        let mut found: Vec<PathBuf> = std::fs::read_dir(cache)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| !e.file_name().to_string_lossy().starts_with("build-"))
+            .map(|e| e.path().join("vmlinux"))
+            .filter(|p| p.is_file())
+            .collect();
+        found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+        if let Some(k) = found.pop() {
+            return Some(k);
+        }
+    }
+    stock_kernel().map(|(k, _)| k)
+}
+
+/// The newest `/boot/vmlinuz-*` with its modules dir.
+fn stock_kernel() -> Option<(PathBuf, PathBuf)> {
+    let mut found: Vec<(PathBuf, PathBuf)> = std::fs::read_dir("/boot")
         .ok()?
         .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with("build-"))
-        .map(|e| e.path().join("vmlinux"))
-        .filter(|p| p.is_file())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let ver = name.strip_prefix("vmlinuz-")?.to_string();
+            let m = PathBuf::from("/lib/modules").join(&ver);
+            m.is_dir().then(|| (e.path(), m))
+        })
         .collect();
-    found.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    found.sort();
     found.pop()
+}
+
+/// Modules a stock kernel needs for the tests, dependencies first.
+const STOCK_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_blk",
+    "virtio_console",
+    "9pnet_virtio",
+    "9p",
+    "pvpanic-mmio",
+];
+
+/// The `.ko` files (dependencies first) to load when `kernel` is the stock kernel.
+fn modules_for(kernel: &Path) -> Vec<PathBuf> {
+    let Some((stock, dir)) = stock_kernel() else {
+        return Vec::new();
+    };
+    if stock != kernel {
+        return Vec::new();
+    }
+    let dep = std::fs::read_to_string(dir.join("modules.dep")).unwrap_or_default();
+    let deps: std::collections::HashMap<String, Vec<String>> = dep
+        .lines()
+        .filter_map(|l| {
+            let (m, d) = l.split_once(':')?;
+            Some((
+                m.to_string(),
+                d.split_whitespace().map(str::to_string).collect(),
+            ))
+        })
+        .collect();
+    let by_name = |n: &str| {
+        deps.keys()
+            .find(|k| k.ends_with(&format!("/{n}.ko")))
+            .cloned()
+    };
+    let mut out: Vec<String> = Vec::new();
+    fn add(m: &str, deps: &std::collections::HashMap<String, Vec<String>>, out: &mut Vec<String>) {
+        if out.iter().any(|x| x == m) {
+            return;
+        }
+        for d in deps.get(m).into_iter().flatten() {
+            add(d, deps, out);
+        }
+        out.push(m.to_string());
+    }
+    for n in STOCK_MODULES {
+        if let Some(m) = by_name(n) {
+            add(&m, &deps, &mut out);
+        }
+    }
+    out.into_iter()
+        .map(|m| dir.join(m))
+        .filter(|p| p.is_file())
+        .collect()
 }
 
 /// Host TSC frequency in kHz from /proc/cpuinfo, for `tsc_early_khz=` (microvm
@@ -74,19 +152,34 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
     }
 }
 
-/// Writes a newc initramfs with busybox and `/init` = `script` (a busybox sh script).
+/// Writes a newc initramfs with busybox and `/init` = `script` (a busybox sh
+/// script), plus the modules a stock kernel needs (loaded before `script`).
 pub fn initramfs(dir: &Path, script: &str) -> PathBuf {
+    let modules = kernel().map(|k| modules_for(&k)).unwrap_or_default();
     let busybox = std::fs::read("/bin/busybox")
         .expect("static busybox at /bin/busybox (apt-get install busybox-static)");
     let mut out = Vec::new();
     let mut ino = 1;
-    for d in ["bin", "dev", "proc", "sys", "mnt", "tmp"] {
+    for d in ["bin", "dev", "proc", "sys", "mnt", "tmp", "m"] {
         cpio_entry(&mut out, ino, d, 0o040755, &[]);
         ino += 1;
     }
     cpio_entry(&mut out, ino, "bin/busybox", 0o100755, &busybox);
     ino += 1;
-    let init = format!("#!/bin/busybox sh\nB=/bin/busybox\n{script}\n");
+    let mut load = String::new();
+    for m in &modules {
+        let name = m.file_name().unwrap().to_string_lossy().into_owned();
+        cpio_entry(
+            &mut out,
+            ino,
+            &format!("m/{name}"),
+            0o100644,
+            &std::fs::read(m).unwrap(),
+        );
+        ino += 1;
+        load.push_str(&format!("$B insmod /m/{name} 2>/dev/null\n"));
+    }
+    let init = format!("#!/bin/busybox sh\nB=/bin/busybox\n{load}{script}\n");
     cpio_entry(&mut out, ino, "init", 0o100755, init.as_bytes());
     cpio_entry(&mut out, 0, "TRAILER!!!", 0, &[]);
     let p = dir.join("initramfs.cpio");
