@@ -382,6 +382,22 @@ async fn devices_disks_share_and_com_port_work_in_the_guest() {
         src.to_str().unwrap(),
         qcow.to_str().unwrap(),
     ]);
+    // vhdx, dynamic vhd and fixed vhd (footer only) images of the raw disk
+    let mut extra = Vec::new();
+    for (name, fmt, opts) in [
+        ("d.vhdx", "vhdx", ""),
+        ("d.vhd", "vpc", ""),
+        ("f.vhd", "vpc", "subformat=fixed"),
+    ] {
+        let out = w.path(name);
+        let mut args = vec!["convert", "-f", "raw", "-O", fmt];
+        if !opts.is_empty() {
+            args.extend(["-o", opts]);
+        }
+        args.extend([raw.to_str().unwrap(), out.to_str().unwrap()]);
+        qemu_img(&args);
+        extra.push(out);
+    }
     let share = w.path("share");
     std::fs::create_dir(&share).unwrap();
     std::fs::write(share.join("hello.txt"), "HELLO-9P").unwrap();
@@ -405,6 +421,9 @@ async fn devices_disks_share_and_com_port_work_in_the_guest() {
         .scsi_disk(&qcow, false)
         .plan9_share("data", &share, true)
         .com_port(&com0)
+        .scsi_disk(&extra[0], true)
+        .scsi_disk(&extra[1], true)
+        .scsi_disk(&extra[2], true)
         .build();
     let g = boot(&w, "vm-devices", &doc, &ChannelSet::default()).await;
     g.vm.start().await.unwrap();
@@ -429,6 +448,13 @@ async fn devices_disks_share_and_com_port_work_in_the_guest() {
         d1.contains("ro=0") && d1.contains("head=QCOW-DISK-CONTNT"),
         "{d1}"
     );
+    for lun in 2..5 {
+        let d = line(&format!("DISK scsi-0-{lun} "));
+        assert!(
+            d.contains("ro=1") && d.contains("head=RAW-DISK-CONTENT"),
+            "{d}"
+        );
+    }
     assert_eq!(line("WRITE scsi-0-0"), "WRITE scsi-0-0 failed");
     assert_eq!(line("WRITE scsi-0-1"), "WRITE scsi-0-1 ok");
     if line("SHARE ") == "SHARE no-9p-in-kernel" {
@@ -455,5 +481,92 @@ async fn devices_disks_share_and_com_port_work_in_the_guest() {
     assert!(std::fs::read(&raw)
         .unwrap()
         .starts_with(b"RAW-DISK-CONTENT"));
+    finish(&w, g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_sweeps_stale_runtime_dirs() {
+    let Some(kernel) = kernel_or_skip("sweep") else {
+        return;
+    };
+    let _l = BOOT_LOCK.lock().await;
+    let w = World::new();
+    let stale = w.root.join("stale-vm");
+    std::fs::create_dir_all(&stale).unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    std::fs::write(
+        stale.join(uvm_vmm::runtime_dir::OWNER_FILE),
+        dead.to_string(),
+    )
+    .unwrap();
+    let initrd = initramfs(w.tmp.path(), "true");
+    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
+        .memory_mb(128)
+        .processors(1)
+        .build();
+    let g = boot(&w, "vm-sweep", &doc, &ChannelSet::default()).await;
+    assert!(!stale.exists(), "stale dir not swept");
+    finish(&w, g).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelled_create_leaves_nothing() {
+    let Some(kernel) = kernel_or_skip("cancelled_create") else {
+        return;
+    };
+    let _l = BOOT_LOCK.lock().await;
+    let w = World::new();
+    let initrd = initramfs(w.tmp.path(), "true");
+    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
+        .memory_mb(128)
+        .processors(1)
+        .build();
+    for ms in [0u64, 2, 10, 30, 60, 120, 250] {
+        let r = tokio::time::timeout(
+            Duration::from_millis(ms),
+            w.hv.create_vm("vm-cancel", &doc, &ChannelSet::default()),
+        )
+        .await;
+        if let Ok(vm) = r {
+            vm.unwrap().close().await.unwrap();
+        }
+        // The owner task kills and reaps QEMU in the background: bounded wait.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let clean = std::fs::read_dir(&w.root)
+                .map(|d| d.count() == 0)
+                .unwrap_or(true);
+            let no_qemu = std::panic::catch_unwind(|| assert_no_qemu_with(&w.root)).is_ok();
+            if clean && no_qemu {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "cancel after {ms} ms left something behind"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_overcommit_preallocates_guest_memory() {
+    let Some(kernel) = kernel_or_skip("prealloc") else {
+        return;
+    };
+    let _l = BOOT_LOCK.lock().await;
+    let w = World::new();
+    let initrd = initramfs(w.tmp.path(), "true");
+    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
+        .memory_mb(192)
+        .processors(1)
+        .allow_overcommit(false)
+        .build();
+    let g = boot(&w, "vm-prealloc", &doc, &ChannelSet::default()).await;
+    assert!(g.vm.argv().iter().any(|a| a.contains("prealloc=on")));
+    let st = g.vm.statistics().await.unwrap();
+    assert!(st.working_set_bytes >= 192 << 20, "{st:?}");
     finish(&w, g).await;
 }
