@@ -570,3 +570,34 @@ async fn no_overcommit_preallocates_guest_memory() {
     assert!(st.working_set_bytes >= 192 << 20, "{st:?}");
     finish(&w, g).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_document_on_microvm_argv() {
+    let Some(kernel) = kernel_or_skip("default_argv") else {
+        return;
+    };
+    if uvm_vmm::qemu::kernel_format_of(&kernel) != Some(uvm_vmm::qemu::KernelFormat::Elf) {
+        eprintln!("SKIP default_document_on_microvm_argv: kernel is not an ELF vmlinux");
+        return;
+    }
+    let _l = BOOT_LOCK.lock().await;
+    let w = World::new();
+    let initrd = initramfs(w.tmp.path(), "true");
+    let doc = LcowDocumentBuilder::new(&kernel, &initrd).build();
+    let ch = ChannelSet::default()
+        .with("gcs", "gcs-port")
+        .with("log", "log-port")
+        .with("entropy", "entropy-port");
+    let g = boot(&w, "vm-default", &doc, &ch).await;
+    let argv = g.vm.argv().to_vec();
+    eprintln!("argv: {}", argv.join(" "));
+    let has = |pair: [&str; 2]| argv.windows(2).any(|x| x == pair);
+    assert!(has(["-machine", "microvm,x-option-roms=off"]));
+    assert!(has(["-device", "virtio-serial-device,id=vser0"]));
+    assert!(has([
+        "-device",
+        "virtserialport,bus=vser0.0,chardev=ch-entropy,name=entropy-port"
+    ]));
+    assert!(has(["-device", "pvpanic"]));
+    finish(&w, g).await;
+}

@@ -156,8 +156,9 @@ impl QemuHypervisor {
                 )));
             }
         }
+        // Warnings were logged by `ComputeSystem::from_json`; keep them at debug here.
         for w in doc.validate()? {
-            tracing::warn!(vm = id, path = %w.path, "VM document: {}", w.message);
+            tracing::debug!(vm = id, path = %w.path, "VM document: {}", w.message);
         }
         let probe = self.probe().await?.clone();
         let (kernel, kformat) = devices::kernel(doc)?;
@@ -270,7 +271,7 @@ impl QemuHypervisor {
             pid: Mutex::new(None),
             stopped: Mutex::new(None),
         });
-        let spawned = process::spawn(&probe.binary, &argv, &dir, Arc::clone(&shared))?;
+        let spawned = process::spawn(&probe.binary, &argv, &dir, Arc::clone(&shared)).await?;
         guard.kill_tx = Some(spawned.kill_tx.clone());
         guard.exit_rx = Some(spawned.exit_rx.clone());
         let mut exit_rx = spawned.exit_rx.clone();

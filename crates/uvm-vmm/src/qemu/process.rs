@@ -87,8 +87,46 @@ pub(crate) struct Spawned {
     pub exit_rx: watch::Receiver<Option<ExitReason>>,
 }
 
+type SpawnJob = (
+    Command,
+    tokio::runtime::Handle,
+    tokio::sync::oneshot::Sender<std::io::Result<Child>>,
+);
+
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, not
+/// the process. Spawning from a tokio worker (or a blocking-pool thread) would
+/// kill QEMU whenever that thread retires, so every QEMU is forked from one
+/// thread that lives as long as the process.
+async fn spawn_on_keeper_thread(cmd: Command) -> std::io::Result<Child> {
+    static KEEPER: std::sync::OnceLock<Mutex<std::sync::mpsc::Sender<SpawnJob>>> =
+        std::sync::OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("uvm-qemu-spawner".into())
+            .spawn(move || {
+                for (mut cmd, handle, reply) in rx {
+                    // The runtime context registers the child with its SIGCHLD driver.
+                    let _enter = handle.enter();
+                    // A dropped receiver drops the child: kill_on_drop kills it.
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawning the QEMU spawner thread");
+        Mutex::new(tx)
+    });
+    let gone = || std::io::Error::other("QEMU spawner thread is gone");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    keeper
+        .lock()
+        .unwrap()
+        .send((cmd, tokio::runtime::Handle::current(), tx))
+        .map_err(|_| gone())?;
+    rx.await.map_err(|_| gone())?
+}
+
 /// Spawns QEMU and the tasks that own it.
-pub(crate) fn spawn(
+pub(crate) async fn spawn(
     binary: &Path,
     args: &[String],
     cwd: &Path,
@@ -129,10 +167,12 @@ pub(crate) fn spawn(
             });
         }
     }
-    let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
-        binary: binary.display().to_string(),
-        source,
-    })?;
+    let mut child = spawn_on_keeper_thread(cmd)
+        .await
+        .map_err(|source| VmmError::Spawn {
+            binary: binary.display().to_string(),
+            source,
+        })?;
     let pid = child.id().unwrap_or(0);
     *shared.pid.lock().unwrap() = Some(pid);
     let stderr = child.stderr.take().expect("stderr is piped");
