@@ -91,7 +91,10 @@ impl Env {
     /// Terminates and checks nothing is left.
     pub async fn finish(&self) {
         self.mgr.terminate_vm().await.unwrap();
-        assert!(matches!(self.mgr.state(), State::Terminated | State::NotCreated));
+        assert!(matches!(
+            self.mgr.state(),
+            State::Terminated | State::NotCreated
+        ));
         assert!(self.hv.all_released(), "fake VM left behind");
     }
 }
