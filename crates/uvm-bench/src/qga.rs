@@ -58,7 +58,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
                 .await
                 .map_err(|e| BenchError::io("qga write", e))?;
             match timeout(every, self.read_sync_reply(id)).await {
-                Ok(Ok(())) => return Ok(()),
+                Ok(Ok(())) => return self.drain(id + 1, total).await,
                 Ok(Err(e)) => return Err(e),
                 Err(_) if Instant::now() >= deadline => {
                     return Err(BenchError::Timeout {
@@ -69,6 +69,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
                 Err(_) => {}
             }
         }
+    }
+
+    /// After a delimited sync, earlier retries and the 0xFF resets may still
+    /// have replies (or "stray 0xff" errors) queued: a plain `guest-sync` with
+    /// a fresh id, skipping everything until its reply, leaves the stream clean.
+    async fn drain(&mut self, id: u64, total: Duration) -> Result<(), BenchError> {
+        let mut line = json!({"execute": "guest-sync", "arguments": {"id": id}}).to_string();
+        line.push('\n');
+        self.io
+            .get_mut()
+            .write_all(line.as_bytes())
+            .await
+            .map_err(|e| BenchError::io("qga write", e))?;
+        let wait = async {
+            loop {
+                let v = self.read_value().await?;
+                if v.get("return").and_then(Value::as_u64) == Some(id) {
+                    return Ok(());
+                }
+            }
+        };
+        timeout(total, wait)
+            .await
+            .map_err(|_| BenchError::Timeout {
+                what: "qemu-guest-agent guest-sync drain",
+                secs: total.as_secs(),
+            })?
     }
 
     async fn read_sync_reply(&mut self, id: u64) -> Result<(), BenchError> {
@@ -244,7 +271,9 @@ mod tests {
                 let chunk = String::from_utf8_lossy(&buf[..n]).replace('\u{fffd}', "");
                 seen.push_str(&chunk);
                 for cmd in chunk.split_inclusive('}').filter(|c| c.contains("execute")) {
-                    let reply: &[u8] = if cmd.contains("guest-sync-delimited") {
+                    let reply: &[u8] = if cmd.contains(r#""execute":"guest-sync""#) {
+                        b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"stray\"}}\n{\"return\": 8}\n"
+                    } else if cmd.contains("guest-sync-delimited") {
                         syncs += 1;
                         if syncs == 1 {
                             continue;

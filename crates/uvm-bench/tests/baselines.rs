@@ -13,6 +13,7 @@ async fn raw_boot_and_qga_exec_once() {
         .await
         .expect("raw boot to first byte");
     assert!(s.first_byte > Duration::ZERO && s.payload.is_none());
+    eprintln!("raw boot to first byte: {:?}", s.first_byte);
 
     let s = raw::raw_run(&base, Some(1 << 20))
         .await
