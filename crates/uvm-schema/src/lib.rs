@@ -25,7 +25,7 @@
 //! | supported | `StopOnReset` | a guest reset ends the VM (always; `false` warns) |
 //! | supported | `ShouldTerminateOnLastHandleClosed` | the VM always dies with its controller |
 //! | supported | `Devices.Scsi.<ctrl>.Attachments.<lun>.{Type, Path, ReadOnly}` | virtio disk; raw, qcow2, vhd (vpc), vhdx; `ReadOnly` ⇒ `readonly=on`; `Type` = `VirtualDisk`, `PassThru`, `Iso` |
-//! | supported | `Devices.ComPorts.<0..3>.NamedPipe` | guest `ttyS<n>` to a host file (appended) or an existing unix socket (connected to) |
+//! | supported | `Devices.ComPorts.<0..3>.NamedPipe` | guest `ttyS<n>` to a host file (appended) or an existing unix socket (connected to); `ttyS1`..`ttyS3` need a guest kernel with that many 8250 UARTs |
 //! | supported | `Devices.Plan9.Shares[].{Name, Path, ReadOnly, Flags}` | virtio-9p, mount tag = `Name` |
 //! | accepted, no effect (one warning each) | `Memory.{EnableHotHint, EnableColdHint, EnableEpf, EnableDeferredCommit, EnableColdDiscardHint, BackingPageSize, LowMMIOGapInMB, HighMMIOBaseInMB, HighMMIOGapInMB, FaultClusterSizeShift, DirectFileMappingInMB, PinBackingPages, ForbidSmallBackingPages}` | — |
 //! | accepted, no effect | `Processor.{Limit, Weight, Reservation, ExposeVirtualizationExtensions, EnablePerfmonPmu, EnablePerfmonLbr, EnableSchedulerAssist, CpuGroup}`, `ComputeTopology.Numa` | — |

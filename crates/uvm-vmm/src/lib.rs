@@ -3,6 +3,43 @@
 //! [`Hypervisor`] creates VMs, [`UtilityVm`] drives one. The QEMU backend
 //! ([`QemuHypervisor`], [`QemuVm`]) implements both; tests swap in fakes
 //! behind the same traits. [`qmp`] is the async QMP client it uses.
+//!
+//! # The QEMU backend
+//!
+//! - Binary: [`QemuConfig::binary`], else `$UVM_QEMU`, else `qemu-system-x86_64`
+//!   on `$PATH`; QEMU >= 7.0. `-sandbox` (seccomp) is used when the binary has it.
+//! - Accelerator: KVM only when `/dev/kvm` opens **and** `/proc/cpuinfo` has
+//!   `vmx`/`svm`; TCG otherwise (with `tb-size` = [`QemuConfig::tb_size_mb`]).
+//! - Machine: `microvm` (virtio-mmio, PVH) for an ELF vmlinux, `q35` (PCI)
+//!   for a bzImage, or [`QemuConfig::machine`].
+//! - Runtime dir `<root>/<id>` (0700): `qmp.sock` and `<role>.sock` per
+//!   channel (0600, bound by us before QEMU starts; QEMU connects as a client),
+//!   `console.log` (guest serial port 0), `owner.pid` (locked; see
+//!   [`sweep_stale_runtime_dirs`]).
+//! - Devices: Scsi attachments are virtio-blk disks whose serial is
+//!   `scsi-<controller index>-<lun>` (guest: `/sys/block/vdX/serial`,
+//!   `/dev/disk/by-id/virtio-scsi-0-1`); Plan9 shares are virtio-9p with
+//!   `mount_tag` = share name; ComPorts are ISA serial ports (`ttyS<n>`; ports
+//!   above 0 need a guest kernel with enough 8250 UARTs).
+//! - QEMU is forked from a dedicated process-lifetime thread with
+//!   `PR_SET_PDEATHSIG=SIGKILL`, in its own process group; its stderr goes to
+//!   `tracing` and the last 8 KiB are kept for [`ExitReason::HypervisorError`].
+//!
+//! A default document on microvm/TCG runs (paths shortened):
+//!
+//! ```text
+//! qemu-system-x86_64 -S -nodefaults -no-user-config -nographic -no-reboot
+//!   -action panic=shutdown -name guest=<id>,debug-threads=on
+//!   -machine microvm,x-option-roms=off -accel tcg,tb-size=64 -m 512M -smp 2
+//!   -kernel vmlinux -initrd initrd.img -append "console=ttyS0 panic=-1"
+//!   -chardev socket,id=qmp,path=<dir>/qmp.sock -mon chardev=qmp,mode=control
+//!   -chardev file,id=com0,path=<dir>/console.log,append=on -serial chardev:com0
+//!   -device virtio-serial-device,id=vser0
+//!   -chardev socket,id=ch-gcs,path=<dir>/gcs.sock
+//!   -device virtserialport,bus=vser0.0,chardev=ch-gcs,name=<port>   (per channel)
+//!   -device pvpanic
+//!   -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny
+//! ```
 #![warn(missing_docs)]
 
 mod channel;
