@@ -2,28 +2,9 @@
 
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use uvm_schema::ComputeSystem;
-use uvm_vmm::{ChannelSet, Hypervisor, UtilityVm, VmmError};
+use uvm_vmm::{Hypervisor, QemuHypervisor};
 
-/// The backend `Manager::new()` uses.
+/// The backend `Manager::new()` uses: QEMU (KVM when usable, else TCG).
 pub(crate) fn default_hypervisor() -> Arc<dyn Hypervisor> {
-    Arc::new(NoBackend)
-}
-
-/// Placeholder until the QEMU backend is linked: every create fails cleanly.
-struct NoBackend;
-
-#[async_trait]
-impl Hypervisor for NoBackend {
-    async fn create(
-        &self,
-        _id: &str,
-        _doc: &ComputeSystem,
-        _channels: &ChannelSet,
-    ) -> Result<Arc<dyn UtilityVm>, VmmError> {
-        Err(VmmError::HypervisorNotFound {
-            binary: "qemu-system-x86_64".into(),
-        })
-    }
+    Arc::new(QemuHypervisor::new())
 }
