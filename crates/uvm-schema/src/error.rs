@@ -4,8 +4,10 @@ use std::fmt;
 
 /// Why a document was refused. `Display` is `<JSON path>: <reason>`, e.g.
 /// `VirtualMachine.ComputeTopology.Memory.SizeInMB: must be >= 64`.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {kind}")]
+///
+/// For file errors the underlying I/O error is the [`source`](std::error::Error::source)
+/// (printed by error-chain reporters), not part of the message.
+#[derive(Debug)]
 pub struct SchemaError {
     /// JSON path of the offending field (`.`-separated, map keys and array
     /// indices as segments); `<document>` for the whole document.
@@ -33,17 +35,31 @@ pub enum SchemaErrorKind {
     /// A required field is missing or empty.
     #[error("required")]
     Missing,
-    /// A path the document names cannot be used.
-    #[error("{what} {path}: {source}")]
+    /// A path the document names cannot be used (the I/O error is the source).
+    #[error("{what} {path} cannot be used")]
     File {
         /// What the path is (kernel, initrd, disk, ...).
         what: &'static str,
         /// The path as written in the document.
         path: String,
         /// The underlying error.
-        #[source]
         source: std::io::Error,
     },
+}
+
+impl fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.kind)
+    }
+}
+
+impl std::error::Error for SchemaError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            SchemaErrorKind::File { source, .. } => Some(source),
+            _ => None,
+        }
+    }
 }
 
 impl SchemaError {

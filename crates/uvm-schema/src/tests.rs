@@ -491,3 +491,19 @@ mod fuzz {
         }
     }
 }
+
+#[test]
+fn file_errors_chain_the_io_error() {
+    let f = Files::new();
+    let doc = LcowDocumentBuilder::new(f.p("missing"), f.p("initrd.img")).build();
+    let e = doc.validate().unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "VirtualMachine.Chipset.LinuxKernelDirect.KernelFilePath: kernel {} cannot be used",
+            f.p("missing")
+        )
+    );
+    let src = std::error::Error::source(&e).expect("io error as source");
+    assert!(src.to_string().contains("No such file"), "{src}");
+}
