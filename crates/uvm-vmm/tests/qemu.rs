@@ -601,3 +601,134 @@ async fn default_document_on_microvm_argv() {
     assert!(has(["-device", "pvpanic"]));
     finish(&w, g).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn com_port_to_a_unix_socket() {
+    let Some(kernel) = kernel_or_skip("com_port_socket") else {
+        return;
+    };
+    let _l = BOOT_LOCK.lock().await;
+    let w = World::new();
+    let sock = w.path("com0.sock");
+    let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+    let initrd = initramfs(w.tmp.path(), "echo SOCKET-COM-OK; $B poweroff -f");
+    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
+        .memory_mb(128)
+        .processors(1)
+        .cmdline(cmdline())
+        .com_port(&sock)
+        .build();
+    let g = boot(&w, "vm-comsock", &doc, &ChannelSet::default()).await;
+    let (mut stream, _) = tokio::time::timeout(GUEST_TIMEOUT, listener.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    g.vm.start().await.unwrap();
+    let mut got = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !String::from_utf8_lossy(&got).contains("SOCKET-COM-OK") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "COM socket closed early: {}",
+                String::from_utf8_lossy(&got)
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(GUEST_TIMEOUT, read)
+        .await
+        .expect("guest output on the COM socket");
+    // The console log keeps a copy (chardev logfile).
+    assert_eq!(wait_bounded(g.vm.as_ref()).await, ExitReason::GuestPoweroff);
+    assert!(g.vm.console_tail().contains("SOCKET-COM-OK"));
+    finish(&w, g).await;
+}
+
+/// Runs only as the child of `dead_controller_takes_its_vm_down`: creates a
+/// VM, records QEMU's pid, and waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pdeathsig_helper() {
+    let Ok(root) = std::env::var("UVM_PDEATHSIG_HELPER_ROOT") else {
+        return;
+    };
+    let kernel = kernel().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let initrd = initramfs(tmp.path(), "while true; do $B sleep 1; done");
+    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
+        .memory_mb(128)
+        .processors(1)
+        .build();
+    let hv = uvm_vmm::QemuHypervisor::with_config(uvm_vmm::QemuConfig {
+        runtime_root: Some(root.clone().into()),
+        ..Default::default()
+    });
+    let vm = hv
+        .create_vm("vm-orphan", &doc, &ChannelSet::default())
+        .await
+        .unwrap();
+    let pidfile = std::path::Path::new(&root).join("qemu.pid.tmp");
+    std::fs::write(&pidfile, vm.pid().unwrap().to_string()).unwrap();
+    std::fs::rename(&pidfile, std::path::Path::new(&root).join("qemu.pid")).unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_controller_takes_its_vm_down() {
+    let Some(_kernel) = kernel_or_skip("dead_controller") else {
+        return;
+    };
+    let _l = BOOT_LOCK.lock().await;
+    let w = World::new();
+    std::fs::create_dir_all(&w.root).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "pdeathsig_helper", "--nocapture"])
+        .env("UVM_PDEATHSIG_HELPER_ROOT", &w.root)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) of a process this test spawned.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _helper = KillOnDrop(child.id());
+    let pidfile = w.root.join("qemu.pid");
+    let deadline = std::time::Instant::now() + GUEST_TIMEOUT;
+    while !pidfile.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "helper never created its VM"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "helper exited early");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let qemu: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _qemu_guard = KillOnDrop(qemu);
+    assert!(alive(qemu));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // QEMU gets SIGKILL from the kernel (PR_SET_PDEATHSIG) when its parent dies.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::path::Path::new(&format!("/proc/{qemu}")).exists() && alive(qemu) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "QEMU {qemu} outlived its controller"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its runtime dir is left behind; the next sweep removes it.
+    std::fs::remove_file(&pidfile).unwrap();
+    let dir = w.root.join("vm-orphan");
+    assert!(dir.exists());
+    let removed = uvm_vmm::sweep_stale_runtime_dirs(&w.root).unwrap();
+    assert_eq!(removed, vec![dir]);
+    w.assert_clean();
+}
