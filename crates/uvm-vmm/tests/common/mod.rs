@@ -298,3 +298,34 @@ pub fn kernel_or_skip(test: &str) -> Option<PathBuf> {
     }
     k
 }
+
+/// Creates a VM (panicking with the error) under a kill-on-drop guard.
+pub async fn boot(
+    w: &World,
+    id: &str,
+    doc: &uvm_schema::ComputeSystem,
+    ch: &uvm_vmm::ChannelSet,
+) -> Guard {
+    let vm =
+        w.hv.create_vm(id, doc, ch)
+            .await
+            .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+    Guard { vm: Arc::new(vm) }
+}
+
+/// `wait()`, bounded by [`GUEST_TIMEOUT`].
+pub async fn wait_bounded(vm: &dyn uvm_vmm::UtilityVm) -> uvm_vmm::ExitReason {
+    tokio::time::timeout(GUEST_TIMEOUT, vm.wait())
+        .await
+        .expect("VM did not exit in time")
+}
+
+/// Closes (twice: idempotent) and asserts nothing is left.
+pub async fn finish(w: &World, g: Guard) {
+    g.vm.close().await.unwrap();
+    g.vm.close().await.unwrap(); // idempotent
+    assert!(!g.vm.runtime_dir().exists());
+    drop(g);
+    w.assert_clean();
+    assert_no_qemu_with(&w.root);
+}
