@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use uvm_guest::{GuestError, ENTROPY_ROLE, GCS_ROLE, LOG_ROLE};
@@ -76,18 +76,38 @@ fn with_agent_cmdline(
     doc
 }
 
-/// Races a start step against an abort and against the VM exiting.
+/// How long a failed start step waits to see whether the VM exited (a dying
+/// QEMU resets the GCS socket a moment before the backend reaps it).
+const EXIT_GRACE: Duration = Duration::from_millis(1000);
+
+/// Races a start step against an abort and against the VM exiting. A step
+/// that fails because the VM died reports the exit reason instead.
 async fn race<T>(
     abort: &CancellationToken,
     vm: &Arc<dyn UtilityVm>,
     step: &'static str,
     fut: impl Future<Output = Result<T, Error>>,
 ) -> Result<T, Error> {
-    tokio::select! {
+    let r = tokio::select! {
         biased;
-        _ = abort.cancelled() => Err(Error::StartAborted),
-        reason = vm.wait() => Err(Error::VmExited { step, reason: ExitError(reason) }),
+        _ = abort.cancelled() => return Err(Error::StartAborted),
+        reason = vm.wait() => return Err(Error::VmExited { step, reason: ExitError(reason) }),
         r = fut => r,
+    };
+    match r {
+        Err(e @ (Error::Guest { .. } | Error::Vmm { .. })) => {
+            match tokio::time::timeout(EXIT_GRACE, vm.wait()).await {
+                Ok(reason) => {
+                    tracing::debug!(target: "uvm::lifecycle", error = %e, "start step failed as the VM exited");
+                    Err(Error::VmExited {
+                        step,
+                        reason: ExitError(reason),
+                    })
+                }
+                Err(_) => Err(e),
+            }
+        }
+        r => r,
     }
 }
 

@@ -1,166 +1,18 @@
 //! Real Utility VMs: QEMU (TCG here, KVM where it works) booting the uvm image
-//! with the `uvm-gcs` agent, driven through `Manager::new()`.
-//!
-//! Prerequisites: `qemu-system-x86_64`, a static `uvm-gcs`
-//! (`RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p uvm-gcs
-//! --target x86_64-unknown-linux-gnu`), busybox, and the kernel picked by
-//! `UVM_TEST_KERNEL` (`tuned` (default), `stock` or a path). When they are
-//! missing each test prints why and passes, unless `UVM_REQUIRE_REAL_VM=1`
-//! (CI), which turns a missing prerequisite into a failure.
+//! with the `uvm-gcs` agent, driven through `Manager::new()`. See
+//! `common/real.rs` for prerequisites and how missing ones are handled.
 //!
 //! Tests run one at a time (boots are slow under TCG, and each sets its own
 //! `UVM_RUNTIME_DIR`), each under a guard that terminates the VM on drop, even
 //! when the test panics, and checks nothing is left behind.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+mod common;
+
 use std::time::Duration;
 
+use common::real::{req, VmGuard};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use uvm::{Controller, CreateOptions, Error, ExecRequest, Manager, StartOptions, State};
-use uvm_image::KernelKind;
-
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn skip<T>(why: String) -> Option<T> {
-    if std::env::var_os("UVM_REQUIRE_REAL_VM").is_some_and(|v| v == "1") {
-        panic!("real-VM prerequisite missing: {why}");
-    }
-    eprintln!("skipping real-VM test: {why}");
-    None
-}
-
-/// The image, built or found once per test binary.
-async fn image() -> Option<uvm_image::Image> {
-    static IMAGE: tokio::sync::OnceCell<Result<uvm_image::Image, String>> =
-        tokio::sync::OnceCell::const_new();
-    match IMAGE.get_or_init(find_image).await {
-        Ok(img) => Some(img.clone()),
-        Err(why) => skip(why.clone()),
-    }
-}
-
-async fn find_image() -> Result<uvm_image::Image, String> {
-    let kind = match std::env::var("UVM_TEST_KERNEL").as_deref() {
-        Ok("stock") => KernelKind::Stock,
-        Ok("tuned") | Err(_) => KernelKind::Tuned,
-        Ok(path) => KernelKind::Path(PathBuf::from(path)),
-    };
-    match tokio::task::spawn_blocking(move || {
-        uvm_image::ensure_image(&kind, &|p| eprintln!("image: {p}"))
-    })
-    .await
-    {
-        Ok(Ok(img)) => Ok(img),
-        Ok(Err(e)) => Err(format!("image: {e}")),
-        Err(e) => Err(format!("image task: {e}")),
-    }
-}
-
-/// A live VM for one test: terminated on drop, runtime root checked empty.
-struct VmGuard {
-    mgr: Arc<Manager>,
-    runtime_root: tempfile::TempDir,
-    pid: Option<u32>,
-    _serial: tokio::sync::MutexGuard<'static, ()>,
-}
-
-impl VmGuard {
-    /// Boots a VM, or None when prerequisites are missing.
-    async fn boot(mem_mb: u64) -> Option<VmGuard> {
-        let serial = SERIAL.lock().await;
-        let img = image().await?;
-        let runtime_root = tempfile::tempdir().unwrap();
-        std::env::set_var("UVM_RUNTIME_DIR", runtime_root.path());
-        let doc = uvm_schema::LcowDocumentBuilder::new(&img.kernel, &img.initrd)
-            .memory_mb(mem_mb)
-            .processors(1)
-            .cmdline(img.cmdline.clone())
-            .build();
-        let mgr = Arc::new(Manager::new().with_gcs_timeout(Duration::from_secs(120)));
-        let id = format!("rt-{}", std::process::id());
-        if let Err(e) = mgr.create_vm(CreateOptions { id, document: doc }).await {
-            if matches!(
-                &e,
-                Error::Vmm {
-                    source: uvm_vmm::VmmError::HypervisorNotFound { .. },
-                    ..
-                }
-            ) {
-                return skip(format!("backend: {e}: {}", chain(&e)));
-            }
-            panic!("create_vm: {e:?}");
-        }
-        let mut g = VmGuard {
-            mgr,
-            runtime_root,
-            pid: None,
-            _serial: serial,
-        };
-        g.pid = g.mgr.utility_vm().and_then(|v| v.pid());
-        g.mgr
-            .start_vm(StartOptions::default())
-            .await
-            .expect("start_vm");
-        assert_eq!(g.mgr.state(), State::Running);
-        assert!(g.mgr.start_time().is_some());
-        Some(g)
-    }
-
-    /// Terminates (if needed) and checks that no QEMU, socket or dir is left.
-    async fn finish(self) {
-        self.mgr.terminate_vm().await.expect("terminate_vm");
-        tokio::time::timeout(Duration::from_secs(30), self.mgr.wait())
-            .await
-            .expect("wait bounded")
-            .unwrap();
-        assert_eq!(self.mgr.state(), State::Terminated);
-        assert_nothing_left(self.runtime_root.path(), self.pid);
-    }
-}
-
-impl Drop for VmGuard {
-    fn drop(&mut self) {
-        if self.mgr.state() == State::Terminated {
-            return;
-        }
-        let mgr = self.mgr.clone();
-        // Multi-thread runtime: block this worker while the VM is terminated.
-        tokio::task::block_in_place(|| {
-            let _ = tokio::runtime::Handle::current().block_on(mgr.terminate_vm());
-        });
-    }
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        parts.push(s.to_string());
-        cur = s.source();
-    }
-    parts.join(": ")
-}
-
-fn assert_nothing_left(root: &Path, pid: Option<u32>) {
-    let left: Vec<_> = std::fs::read_dir(root)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    assert!(left.is_empty(), "runtime dir left behind: {left:?}");
-    if let Some(pid) = pid {
-        let alive = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
-        assert!(!alive, "QEMU {pid} still running");
-    }
-}
-
-fn req(args: &[&str]) -> ExecRequest {
-    ExecRequest {
-        args: args.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
+use uvm::{Controller, Error, ExecRequest, StartOptions, State};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_full_lifecycle() {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod fake;
+pub mod real;
 
 use std::sync::Arc;
 use std::time::Duration;

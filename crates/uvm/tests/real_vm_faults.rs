@@ -1,0 +1,150 @@
+//! Real QEMU with a failure injected at a create/start step: each fails with
+//! a clear typed error, promptly, and terminate leaves nothing behind. See
+//! `common/real.rs` for prerequisites.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::real::{assert_nothing_left, image, SERIAL};
+use uvm::{Controller, CreateOptions, Error, Manager, ManagerConfig, StartOptions, State};
+use uvm_vmm::{ExitReason, QemuConfig, QemuHypervisor, VmmError};
+
+fn manager(root: &std::path::Path, binary: Option<&str>) -> Manager {
+    let qemu = QemuConfig {
+        binary: binary.map(Into::into),
+        runtime_root: Some(root.to_path_buf()),
+        ..Default::default()
+    };
+    let config = ManagerConfig {
+        gcs_timeout: Duration::from_secs(120),
+        ..Default::default()
+    };
+    Manager::with_config(Arc::new(QemuHypervisor::with_config(qemu)), config)
+}
+
+fn doc(
+    kernel: &std::path::Path,
+    initrd: &std::path::Path,
+    cmdline: &str,
+) -> uvm_schema::ComputeSystem {
+    uvm_schema::LcowDocumentBuilder::new(kernel, initrd)
+        .memory_mb(128)
+        .processors(1)
+        .cmdline(cmdline)
+        .build()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_missing_qemu_fails_create_cleanly() {
+    let root = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let (k, i) = (files.path().join("k"), files.path().join("i"));
+    std::fs::write(&k, b"k").unwrap();
+    std::fs::write(&i, b"i").unwrap();
+    let m = manager(root.path(), Some("/nonexistent/qemu-system-x86_64"));
+    let err = m
+        .create_vm(CreateOptions {
+            id: "noqemu".into(),
+            document: doc(&k, &i, ""),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Vmm {
+                source: VmmError::HypervisorNotFound { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.cli_exit_code(), 125);
+    assert_eq!(m.state(), State::NotCreated);
+    m.terminate_vm().await.unwrap();
+    assert_nothing_left(root.path(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_initramfs_without_agent_fails_start_fast() {
+    let _serial = SERIAL.lock().await;
+    let Some(img) = image().await else { return };
+    let root = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let junk = files.path().join("junk.cpio");
+    std::fs::write(&junk, vec![0x5a; 4096]).unwrap();
+    let m = manager(root.path(), None);
+    m.create_vm(CreateOptions {
+        id: "noagent".into(),
+        document: doc(&img.kernel, &junk, &img.cmdline),
+    })
+    .await
+    .unwrap();
+    let pid = m.utility_vm().and_then(|v| v.pid());
+    let t = Instant::now();
+    let err = m.start_vm(StartOptions::default()).await.unwrap_err();
+    // The guest panics (no init); start_vm notices the exit, not the 120 s timeout.
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
+    let Error::VmExited { reason, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert!(
+        matches!(
+            reason.0,
+            ExitReason::GuestPanic { .. } | ExitReason::GuestReset
+        ),
+        "{reason:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), m.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let mut rx = m.subscribe_state();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        rx.wait_for(|s| *s == State::Terminated),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(m.exit_status().unwrap().err.is_some());
+    m.terminate_vm().await.unwrap();
+    assert_nothing_left(root.path(), pid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_bad_kernel_fails_and_leaves_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(img) = image().await else { return };
+    let root = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let bad = files.path().join("vmlinux");
+    std::fs::write(&bad, vec![0x7f; 64 * 1024]).unwrap();
+    let m = manager(root.path(), None);
+    let created = m
+        .create_vm(CreateOptions {
+            id: "badkernel".into(),
+            document: doc(&bad, &img.initrd, ""),
+        })
+        .await;
+    if created.is_ok() {
+        let t = Instant::now();
+        let err = m.start_vm(StartOptions::default()).await.unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "took {:?}: {err:?}",
+            t.elapsed()
+        );
+    } else {
+        assert_eq!(m.state(), State::NotCreated);
+    }
+    m.terminate_vm().await.unwrap();
+    assert!(matches!(m.state(), State::Terminated | State::NotCreated));
+    assert_nothing_left(root.path(), None);
+}
