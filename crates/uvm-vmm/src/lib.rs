@@ -52,6 +52,10 @@ pub mod stats;
 mod traits;
 
 pub use channel::{ChannelSet, ChannelSpec};
+
+/// `tracing` target of lifecycle events (VM created, started, exited with its
+/// reason), kept apart from the debug logs.
+pub const LIFECYCLE: &str = "uvm_vmm::lifecycle";
 pub use error::VmmError;
 pub use exit::{exit_reason, ExitFacts, ExitReason, VmStatistics};
 pub use qemu::{Accel, QemuConfig, QemuHypervisor, QemuVm};

@@ -307,6 +307,7 @@ impl QemuHypervisor {
         guard.kill_tx = None;
         guard.exit_rx = None;
         tracing::info!(
+            target: crate::LIFECYCLE,
             vm = id,
             pid = spawned.pid,
             accel = probe.accel.as_str(),

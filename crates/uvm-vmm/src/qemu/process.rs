@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::exit::{exit_reason, ExitFacts};
 use crate::qmp::QmpClient;
-use crate::{ExitReason, VmmError};
+use crate::{ExitReason, VmmError, LIFECYCLE};
 
 /// Bytes of QEMU stderr kept for the exit error.
 pub const STDERR_TAIL_BYTES: usize = 8 * 1024;
@@ -248,7 +248,7 @@ async fn own(
     }
     let reason = exit_reason(&facts);
     *shared.stopped.lock().unwrap() = Some(stopped);
-    tracing::info!(vm = %shared.id, reason = %reason, "VM exited");
+    tracing::info!(target: LIFECYCLE, vm = %shared.id, reason = %reason, "VM exited");
     exit_tx.send_replace(Some(reason));
 }
 

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use super::process::{read_file_tail, Shared, CONSOLE_TAIL_BYTES};
 use crate::qmp::{QmpClient, QmpError};
 use crate::runtime_dir::RuntimeDir;
-use crate::{stats, ExitReason, UtilityVm, VmStatistics, VmmError};
+use crate::{stats, ExitReason, UtilityVm, VmStatistics, VmmError, LIFECYCLE};
 
 /// Bound on QMP commands issued by the backend itself.
 pub const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -143,7 +143,7 @@ impl UtilityVm for QemuVm {
         }
         let now = SystemTime::now();
         self.started.lock().unwrap().get_or_insert(now);
-        tracing::info!(vm = %self.shared.id, "VM started");
+        tracing::info!(target: LIFECYCLE, vm = %self.shared.id, "VM started");
         Ok(())
     }
 
