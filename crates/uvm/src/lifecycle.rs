@@ -307,6 +307,8 @@ impl Inner {
         };
         let id = self.id();
         self.terminating.store(true, Ordering::SeqCst);
+        // Listeners a start never took.
+        *lock(&self.listeners) = Listeners::default();
         if let Some(g) = self.guest() {
             g.close();
         }

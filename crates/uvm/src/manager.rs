@@ -231,8 +231,11 @@ impl Drop for Manager {
     /// A manager dropped with a live VM terminates it in the background (when
     /// a tokio runtime is around; the backend's own guards cover the rest).
     fn drop(&mut self) {
-        if self.inner.state() == State::Terminated {
-            return;
+        match self.inner.state() {
+            State::Terminated => return,
+            // Nothing created and no create in flight: nothing to clean.
+            State::NotCreated if self.inner.lifecycle.try_lock().is_ok() => return,
+            _ => {}
         }
         lock(&self.inner.abort).cancel();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
