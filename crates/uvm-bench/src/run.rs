@@ -58,13 +58,21 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     let mem = opts.memory_mb;
     let base = setup::baseline(&raw_img, &raw_img.initrd, opts, mem);
     let peer = setup::baseline(&raw_img, &qga_initrd, opts, mem);
-    match exec_and_stdout(opts, &ours_img, &base, &peer, tmp.path()).await {
-        Ok((e, t, s)) => {
-            rep.exec = Some(e);
-            rep.stdout_throughput = Some(t);
-            rep.stats = Some(s);
+    match OurVm::boot("bench-exec", &ours_img, mem, opts.cpus).await {
+        Ok(vm) => {
+            match exec_section(opts, &vm, &peer, tmp.path()).await {
+                Ok((e, s)) => (rep.exec, rep.stats) = (Some(e), Some(s)),
+                Err(e) => rep.errors.push(format!("exec: {}", chain(&e))),
+            }
+            match stdout_section(opts, &vm, &base, tmp.path()).await {
+                Ok(t) => rep.stdout_throughput = Some(t),
+                Err(e) => rep.errors.push(format!("stdout_throughput: {}", chain(&e))),
+            }
+            if let Err(e) = vm.terminate().await {
+                rep.errors.push(format!("terminate: {}", chain(&e)));
+            }
         }
-        Err(e) => rep.errors.push(format!("exec/stdout: {}", chain(&e))),
+        Err(e) => rep.errors.push(format!("exec/stdout boot: {}", chain(&e))),
     }
     match memory_section(opts, &ours_img, &raw_img, &qga_initrd).await {
         Ok(m) => rep.memory = Some(m),
@@ -131,22 +139,20 @@ async fn boot_section(
     ))
 }
 
-async fn exec_and_stdout(
+async fn exec_section(
     opts: &BenchOptions,
-    ours_img: &Image,
-    base: &BaselineVm,
+    vm: &OurVm,
     peer: &BaselineVm,
     dir: &std::path::Path,
-) -> Result<(Exec, Throughput, Latency), BenchError> {
-    let vm = OurVm::boot("bench-exec", ours_img, opts.memory_mb, opts.cpus).await?;
+) -> Result<(Exec, Latency), BenchError> {
     let mut q = raw::start_qga(peer).await?;
     let poll = opts.qga_poll;
     // Warm-up: one of each, not counted.
-    ours::exec_true_ms(&vm).await?;
+    ours::exec_true_ms(vm).await?;
     q.client.run("/bin/true", &[], poll, raw::WAIT).await?;
     let (mut o, mut p, mut st) = (vec![], vec![], vec![]);
     for _ in 0..opts.runs * 10 {
-        o.push(ours::exec_true_ms(&vm).await?);
+        o.push(ours::exec_true_ms(vm).await?);
         let t = Instant::now();
         let s = q.client.run("/bin/true", &[], poll, raw::WAIT).await?;
         p.push(ms(t.elapsed()));
@@ -159,29 +165,18 @@ async fn exec_and_stdout(
         st.push(vm.stats_ms().await?);
     }
     let iters = opts.floor_iterations;
-    let floor = ours::floor_ms(&vm, iters, dir).await?;
+    let floor = ours::floor_ms(vm, iters, dir).await?;
+    let script = ours::floor_script(iters);
     let peer_floor = q
         .client
         .run(
             "/bin/sh",
-            &["-c", &ours::floor_script(iters)],
+            &["-c", &script],
             Duration::from_millis(5),
             raw::WAIT,
         )
         .await?;
     let peer_floor = ours::parse_floor(&String::from_utf8_lossy(&peer_floor.out), iters);
-    let peer_ready = ms(q.ready);
-    drop(q);
-
-    let bytes = opts.throughput_mib << 20;
-    let (mut tm, mut tb) = (vec![], vec![]);
-    for _ in 0..opts.runs {
-        tm.push(ours::stdout_mib_s(&vm, bytes, dir).await?);
-        let s = raw::raw_run(base, Some(bytes)).await?;
-        let (n, d) = s.payload.expect("payload requested");
-        tb.push(n as f64 / (1 << 20) as f64 / d.as_secs_f64());
-    }
-    vm.terminate().await?;
     let (so, sp) = (Summary::of(&o), Summary::of(&p));
     let exec = Exec {
         median_ms: so.median,
@@ -191,19 +186,37 @@ async fn exec_and_stdout(
         ratio: ratio(so.median, sp.median),
         peer: "qemu-guest-agent".into(),
         peer_poll_ms: ms(poll),
-        peer_ready_ms: Some(peer_ready),
+        peer_ready_ms: Some(ms(q.ready)),
         floor_ms: Some(floor),
         peer_floor_ms: peer_floor,
-        floor_method: format!("busybox sh loop of {iters} x /bin/true in the guest, timed by /proc/uptime (10 ms resolution), ms per iteration"),
+        floor_method: format!(
+            "busybox sh loop of {iters} x /bin/true in the guest, timed by /proc/uptime (10 ms resolution), ms per iteration"
+        ),
     };
+    Ok((exec, Latency::of(&st)))
+}
+
+async fn stdout_section(
+    opts: &BenchOptions,
+    vm: &OurVm,
+    base: &BaselineVm,
+    dir: &std::path::Path,
+) -> Result<Throughput, BenchError> {
+    let bytes = opts.throughput_mib << 20;
+    let (mut tm, mut tb) = (vec![], vec![]);
+    for _ in 0..opts.runs {
+        tm.push(ours::stdout_mib_s(vm, bytes, dir).await?);
+        let s = raw::raw_run(base, Some(bytes)).await?;
+        let (n, d) = s.payload.expect("payload requested");
+        tb.push(n as f64 / (1 << 20) as f64 / d.as_secs_f64());
+    }
     let (mo, mb) = (median(&tm), median(&tb));
-    let thr = Throughput {
+    Ok(Throughput {
         bytes,
         mib_s: mo,
         baseline_mib_s: mb,
         ratio: ratio(mo, mb),
-    };
-    Ok((exec, thr, Latency::of(&st)))
+    })
 }
 
 async fn memory_section(
