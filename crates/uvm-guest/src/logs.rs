@@ -76,17 +76,38 @@ fn emit(line: &str, vm_id: &str) {
 }
 
 /// Writes [`uvm_proto::ports::ENTROPY_BYTES`] random bytes to `stream` (the
-/// guest credits them to its entropy pool) and shuts it down.
-pub async fn send_entropy<W: AsyncWrite + Unpin>(mut stream: W) -> std::io::Result<()> {
+/// guest credits them to its entropy pool).
+///
+/// The stream is NOT shut down: QEMU only reads a virtio-serial chardev
+/// socket once the guest has opened the port, and it drops the connection
+/// (with any unread bytes) as soon as it sees the host hang up. The caller
+/// keeps the stream open until the VM is gone.
+pub async fn send_entropy<W: AsyncWrite + Unpin>(stream: &mut W) -> std::io::Result<()> {
     let mut bytes = vec![0u8; uvm_proto::ports::ENTROPY_BYTES];
     rand::thread_rng().fill_bytes(&mut bytes);
     stream.write_all(&bytes).await?;
-    stream.shutdown().await
+    stream.flush().await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn entropy_is_sent_and_the_stream_stays_open() {
+        use tokio::io::AsyncReadExt;
+        let (mut host, mut guest) = tokio::net::UnixStream::pair().unwrap();
+        send_entropy(&mut host).await.unwrap();
+        let mut got = vec![0u8; uvm_proto::ports::ENTROPY_BYTES];
+        guest.read_exact(&mut got).await.unwrap();
+        assert!(got.iter().any(|b| *b != 0));
+        // No EOF: a hang-up would make QEMU drop bytes the guest has not read yet.
+        let mut more = [0u8; 1];
+        let r = tokio::time::timeout(Duration::from_millis(200), guest.read(&mut more)).await;
+        assert!(r.is_err(), "entropy stream was closed: {r:?}");
+        drop(host);
+    }
 
     #[tokio::test]
     async fn relay_counts_lines_until_eof() {
@@ -113,8 +134,9 @@ mod tests {
 
     #[tokio::test]
     async fn entropy_is_512_bytes() {
-        let (w, mut r) = tokio::io::duplex(4096);
-        send_entropy(w).await.unwrap();
+        let (mut w, mut r) = tokio::io::duplex(4096);
+        send_entropy(&mut w).await.unwrap();
+        drop(w);
         let mut v = Vec::new();
         r.read_to_end(&mut v).await.unwrap();
         assert_eq!(v.len(), 512);

@@ -10,8 +10,9 @@ use uvm_schema::Platform;
 /// How long a log stream may keep draining after the VM process is gone.
 pub(crate) const LOG_DRAIN: Duration = Duration::from_secs(2);
 
-/// LCOW: accepts the entropy connection and writes 512 random bytes.
-/// Gives up when the VM is gone.
+/// LCOW: accepts the entropy connection and writes 512 random bytes, then
+/// holds the connection open until the VM is gone (a hang-up would make QEMU
+/// drop bytes the guest has not read yet). Gives up when the VM is gone.
 pub(crate) fn spawn_entropy(listener: UnixListener, gone: CancellationToken, vm_id: String) {
     tokio::spawn(async move {
         let accepted = tokio::select! {
@@ -19,7 +20,13 @@ pub(crate) fn spawn_entropy(listener: UnixListener, gone: CancellationToken, vm_
             _ = gone.cancelled() => return,
         };
         let r = match accepted {
-            Ok((stream, _)) => uvm_guest::send_entropy(stream).await,
+            Ok((mut stream, _)) => match uvm_guest::send_entropy(&mut stream).await {
+                Ok(()) => {
+                    gone.cancelled().await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
         if let Err(e) = r {
