@@ -133,6 +133,23 @@ async fn real_streaming_exec() {
     assert_eq!(out, "streamed");
     assert_eq!(p.wait().await.unwrap(), uvm_guest::ExitOutcome::Code(0));
     let spec = uvm_guest::ProcessSpec {
+        args: vec!["tty".into()],
+        terminal: true,
+        window: Some((40, 100)),
+        ..Default::default()
+    };
+    let mut p = guest.spawn(spec).await.unwrap();
+    assert!(p.stderr.is_none(), "a terminal merges stderr into stdout");
+    let mut out = String::new();
+    p.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    assert!(out.contains("/dev/pts/"), "{out:?}");
+    assert_eq!(p.wait().await.unwrap(), uvm_guest::ExitOutcome::Code(0));
+    let spec = uvm_guest::ProcessSpec {
         args: vec!["sleep".into(), "100".into()],
         ..Default::default()
     };
@@ -236,4 +253,73 @@ async fn real_sigkill_of_qemu_is_an_error_exit() {
         })
     ));
     vm.finish().await;
+}
+
+/// Captures every tracing event of this test binary (installed once).
+fn captured_logs() -> &'static std::sync::Mutex<Vec<u8>> {
+    static BUF: std::sync::OnceLock<&'static std::sync::Mutex<Vec<u8>>> =
+        std::sync::OnceLock::new();
+    BUF.get_or_init(|| {
+        let buf: &'static std::sync::Mutex<Vec<u8>> =
+            Box::leak(Box::new(std::sync::Mutex::new(Vec::new())));
+        struct W(&'static std::sync::Mutex<Vec<u8>>);
+        impl std::io::Write for W {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let sub = tracing_subscriber::fmt()
+            .with_writer(move || W(buf))
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(sub);
+        buf
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_guest_logs_and_entropy_reach_the_host() {
+    let logs = captured_logs();
+    let Some(vm) = VmGuard::boot(256).await else {
+        return;
+    };
+    assert_eq!(vm.mgr.exec_into_host(req(&["true"])).await.unwrap(), 0);
+    let id = vm.mgr.guest().unwrap().vm_id().to_string();
+    let text = || String::from_utf8_lossy(&logs.lock().unwrap()).into_owned();
+    for _ in 0..100 {
+        if text().contains("process started") && text().contains("entropy credited") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t = text();
+    let guest_lines: Vec<&str> = t.lines().filter(|l| l.contains("uvm::guest")).collect();
+    assert!(
+        guest_lines.iter().any(|l| l.contains("process started")),
+        "{t}"
+    );
+    assert!(
+        guest_lines.iter().all(|l| l.contains(&id)),
+        "every guest line names the VM: {guest_lines:?}"
+    );
+    assert!(
+        guest_lines
+            .iter()
+            .any(|l| l.contains("entropy credited") && l.contains("512")),
+        "{t}"
+    );
+    assert!(
+        t.lines()
+            .any(|l| l.contains("uvm::lifecycle") && l.contains("VM started")),
+        "{t}"
+    );
+    vm.finish().await;
+    assert!(text()
+        .lines()
+        .any(|l| l.contains("uvm::lifecycle") && l.contains("VM exited")));
 }
