@@ -27,7 +27,7 @@ stock)
     kernel=${2:-$(ls /boot/vmlinuz-*-cloud-amd64 | head -1)}; machine=q35
     rel=$(basename "$kernel" | sed 's/^vmlinuz-//')
     : > "$r/lib/modules/uvm-load-order"
-    for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci_legacy_dev virtio/virtio_pci_modern_dev \
+    for m in virtio/virtio_ring virtio/virtio virtio/virtio_pci_legacy_dev virtio/virtio_pci_modern_dev \
              virtio/virtio_pci char/virtio_console; do
         src=/lib/modules/$rel/kernel/drivers/$m.ko
         cp "$src" "$r/lib/modules/"

@@ -48,6 +48,14 @@ fn summary(args: &[String]) -> String {
     s
 }
 
+/// Registers the request for `DumpStacks`, with the stack at this point.
+/// Never inlined, so the handler shows up by name even in an optimized
+/// binary stripped of DWARF (only the symbol table left).
+#[inline(never)]
+fn exec_handler_started(shared: &Shared, args: &[String]) -> InFlightGuard {
+    shared.inflight.enter("Exec", summary(args), true)
+}
+
 /// Handles one `Exec` call: validates and spawns, then streams in a task.
 pub async fn exec_handler(
     shared: Arc<Shared>,
@@ -63,7 +71,7 @@ pub async fn exec_handler(
             ))
         }
     };
-    let guard = shared.inflight.enter("Exec", summary(&spec.args), true);
+    let guard = exec_handler_started(&shared, &spec.args);
     let prepared = {
         let defaults = shared
             .defaults

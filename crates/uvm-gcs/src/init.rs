@@ -128,7 +128,9 @@ fn finit_module(path: &str) -> io::Result<()> {
 }
 
 /// Loads every module listed in [`MODULE_LOAD_ORDER`], in order; already
-/// loaded ones are fine. Returns how many were listed.
+/// loaded ones are fine. A module that fails for a missing symbol (`ENOENT`:
+/// listed before one of its dependencies) is retried after the others, until
+/// a pass makes no progress. Returns how many were listed.
 pub fn load_modules() -> usize {
     let Ok(list) = std::fs::read_to_string(MODULE_LOAD_ORDER) else {
         return 0;
@@ -138,19 +140,36 @@ pub fn load_modules() -> usize {
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .collect();
-    for path in &paths {
-        let started = std::time::Instant::now();
-        match finit_module(path) {
-            Ok(()) => {
-                tracing::info!(module = %path, elapsed_us = started.elapsed().as_micros() as u64, "module loaded")
+    let mut pending = paths.clone();
+    loop {
+        let mut retry = Vec::new();
+        for path in &pending {
+            let started = std::time::Instant::now();
+            match finit_module(path) {
+                Ok(()) => {
+                    tracing::info!(module = %path, elapsed_us = started.elapsed().as_micros() as u64, "module loaded")
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    tracing::debug!(module = %path, "module already loaded")
+                }
+                Err(e)
+                    if e.raw_os_error() == Some(libc::ENOENT)
+                        && std::path::Path::new(path).exists() =>
+                {
+                    retry.push(*path)
+                }
+                Err(e) => tracing::warn!(module = %path, error = %e, "module load failed"),
             }
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                tracing::debug!(module = %path, "module already loaded")
-            }
-            Err(e) => tracing::warn!(module = %path, error = %e, "module load failed"),
         }
+        if retry.is_empty() || retry.len() == pending.len() {
+            for path in &retry {
+                tracing::warn!(module = %path, "module load failed: unknown symbols (missing dependency?)");
+            }
+            return paths.len();
+        }
+        tracing::info!(modules = ?retry, "retrying modules listed before their dependencies");
+        pending = retry;
     }
-    paths.len()
 }
 
 /// Syncs, stops every other process (TERM, short grace, KILL) and powers off
