@@ -323,3 +323,34 @@ async fn real_guest_logs_and_entropy_reach_the_host() {
         .lines()
         .any(|l| l.contains("uvm::lifecycle") && l.contains("VM exited")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_exec_allow_list_policy_is_enforced() {
+    let opts = StartOptions {
+        confidential_options: Some(uvm::ConfidentialOptions {
+            security_policy: uvm::SecurityPolicy::ExecAllowList(vec!["true".into()]),
+        }),
+        ..Default::default()
+    };
+    let Some(vm) = VmGuard::boot_with(256, opts).await else {
+        return;
+    };
+    assert_eq!(vm.mgr.exec_into_host(req(&["true"])).await.unwrap(), 0);
+    let denied = vm
+        .mgr
+        .exec_into_host(req(&["sh", "-c", "true"]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &denied,
+            Error::Guest {
+                source: uvm_guest::GuestError::DeniedByPolicy { .. },
+                ..
+            }
+        ),
+        "{denied:?}"
+    );
+    assert_eq!(denied.grpc_code(), tonic::Code::FailedPrecondition);
+    vm.finish().await;
+}

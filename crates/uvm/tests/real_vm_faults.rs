@@ -148,3 +148,26 @@ async fn real_bad_kernel_fails_and_leaves_nothing() {
     assert!(matches!(m.state(), State::Terminated | State::NotCreated));
     assert_nothing_left(root.path(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_terminate_during_start_is_prompt() {
+    let Some(vm) = common::real::VmGuard::create(256).await else {
+        return;
+    };
+    let mgr = vm.mgr.clone();
+    let start = tokio::spawn(async move { mgr.start_vm(StartOptions::default()).await });
+    // Mid-boot under TCG (a boot takes seconds there).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    vm.mgr.terminate_vm().await.unwrap();
+    let took = t.elapsed();
+    let r = tokio::time::timeout(Duration::from_secs(10), start)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(vm.mgr.state(), State::Terminated);
+    // Under KVM the start may have won the race; otherwise it was aborted.
+    assert!(r.is_ok() || matches!(r, Err(Error::StartAborted)), "{r:?}");
+    assert!(took < Duration::from_secs(10), "terminate took {took:?}");
+    vm.finish().await;
+}

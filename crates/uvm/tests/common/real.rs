@@ -63,6 +63,20 @@ pub struct VmGuard {
 impl VmGuard {
     /// Boots a VM, or None when prerequisites are missing.
     pub async fn boot(mem_mb: u64) -> Option<VmGuard> {
+        Self::boot_with(mem_mb, StartOptions::default()).await
+    }
+
+    /// Boots a VM started with `opts`, or None when prerequisites are missing.
+    pub async fn boot_with(mem_mb: u64, opts: StartOptions) -> Option<VmGuard> {
+        let g = Self::create(mem_mb).await?;
+        g.mgr.start_vm(opts).await.expect("start_vm");
+        assert_eq!(g.mgr.state(), State::Running);
+        assert!(g.mgr.start_time().is_some());
+        Some(g)
+    }
+
+    /// Creates (does not start) a VM, or None when prerequisites are missing.
+    pub async fn create(mem_mb: u64) -> Option<VmGuard> {
         let serial = SERIAL.lock().await;
         let img = image().await?;
         let runtime_root = tempfile::tempdir().unwrap();
@@ -86,20 +100,14 @@ impl VmGuard {
             }
             panic!("create_vm: {e:?}");
         }
-        let mut g = VmGuard {
+        assert_eq!(mgr.state(), State::Created);
+        let pid = mgr.utility_vm().and_then(|v| v.pid());
+        Some(VmGuard {
             mgr,
             runtime_root,
-            pid: None,
+            pid,
             _serial: serial,
-        };
-        g.pid = g.mgr.utility_vm().and_then(|v| v.pid());
-        g.mgr
-            .start_vm(StartOptions::default())
-            .await
-            .expect("start_vm");
-        assert_eq!(g.mgr.state(), State::Running);
-        assert!(g.mgr.start_time().is_some());
-        Some(g)
+        })
     }
 
     /// Terminates (if needed) and checks that no QEMU, socket or dir is left.
