@@ -48,6 +48,7 @@ mod error;
 mod lifecycle;
 mod manager;
 mod options;
+mod start;
 mod state;
 mod stats;
 

@@ -1,20 +1,17 @@
-//! The bodies of create, start and terminate, and the exit watcher. Each runs
-//! in a task owned by the manager, under the lifecycle lock.
+//! The bodies of create and terminate, and the exit watcher (start is in
+//! `start.rs`). Each runs in a task owned by the manager, under the lifecycle lock.
 
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use tokio_util::sync::CancellationToken;
-use uvm_guest::{GuestError, ENTROPY_ROLE, GCS_ROLE, LOG_ROLE};
+use uvm_guest::{ENTROPY_ROLE, GCS_ROLE, LOG_ROLE};
 use uvm_proto::cmdline;
 use uvm_schema::{ComputeSystem, Platform};
 use uvm_vmm::UtilityVm;
 
-use crate::channels::{spawn_entropy, spawn_log_relay};
 use crate::manager::{lock, Inner, Listeners, VmInfo};
-use crate::{CreateOptions, Error, Event, ExitError, ExitStatus, Guest, StartOptions, State};
+use crate::{CreateOptions, Error, Event, ExitError, ExitStatus, Guest, State};
 
 /// Longest accepted VM id.
 const MAX_ID_LEN: usize = 128;
@@ -74,41 +71,6 @@ fn with_agent_cmdline(
         };
     }
     doc
-}
-
-/// How long a failed start step waits to see whether the VM exited (a dying
-/// QEMU resets the GCS socket a moment before the backend reaps it).
-const EXIT_GRACE: Duration = Duration::from_millis(1000);
-
-/// Races a start step against an abort and against the VM exiting. A step
-/// that fails because the VM died reports the exit reason instead.
-async fn race<T>(
-    abort: &CancellationToken,
-    vm: &Arc<dyn UtilityVm>,
-    step: &'static str,
-    fut: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    let r = tokio::select! {
-        biased;
-        _ = abort.cancelled() => return Err(Error::StartAborted),
-        reason = vm.wait() => return Err(Error::VmExited { step, reason: ExitError(reason) }),
-        r = fut => r,
-    };
-    match r {
-        Err(e @ (Error::Guest { .. } | Error::Vmm { .. })) => {
-            match tokio::time::timeout(EXIT_GRACE, vm.wait()).await {
-                Ok(reason) => {
-                    tracing::debug!(target: "uvm::lifecycle", error = %e, "start step failed as the VM exited");
-                    Err(Error::VmExited {
-                        step,
-                        reason: ExitError(reason),
-                    })
-                }
-                Err(_) => Err(e),
-            }
-        }
-        r => r,
-    }
 }
 
 impl Inner {
@@ -172,127 +134,6 @@ impl Inner {
             })?;
         tracing::info!(target: "uvm::lifecycle", vm_id = %opts.id, platform = platform_name(platform), "VM created");
         Ok(())
-    }
-
-    pub(crate) async fn start(
-        self: Arc<Self>,
-        opts: StartOptions,
-        abort: CancellationToken,
-    ) -> Result<(), Error> {
-        let _l = tokio::select! {
-            l = self.lifecycle.lock() => l,
-            _ = abort.cancelled() => return Err(Error::StartAborted),
-        };
-        match self.state() {
-            State::Running => return Ok(()),
-            State::Created => {}
-            state => {
-                return Err(Error::InvalidState {
-                    op: "start_vm",
-                    state,
-                })
-            }
-        }
-        if abort.is_cancelled() {
-            return Err(Error::StartAborted);
-        }
-        let id = self.id();
-        match self.start_steps(&opts, &abort).await {
-            Ok(started) => {
-                *lock(&self.start_time) = Some(started);
-                self.apply(Event::StartOk)
-                    .map_err(|e| Error::InvalidState {
-                        op: "start_vm",
-                        state: e.from,
-                    })?;
-                tracing::info!(target: "uvm::lifecycle", vm_id = %id, "VM started");
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self.apply(Event::StartFailed);
-                tracing::warn!(target: "uvm::lifecycle", vm_id = %id, error = %e, "VM start failed");
-                Err(e)
-            }
-        }
-    }
-
-    async fn start_steps(
-        &self,
-        opts: &StartOptions,
-        abort: &CancellationToken,
-    ) -> Result<SystemTime, Error> {
-        let (Some(vm), Some(guest), Some(info)) = (self.vm(), self.guest(), self.info()) else {
-            return Err(Error::InvalidState {
-                op: "start_vm",
-                state: self.state(),
-            });
-        };
-        if opts.gcs_service_id.to_string() != info.gcs_port {
-            return Err(Error::FailedPrecondition(
-                "gcs_service_id differs from the GCS channel wired at create",
-            ));
-        }
-        let Listeners { log, entropy } = std::mem::take(&mut *lock(&self.listeners));
-        if let Some(l) = entropy {
-            spawn_entropy(l, self.vm_gone.clone(), info.id.clone());
-        }
-        if let Some(l) = log {
-            spawn_log_relay(
-                l,
-                info.platform,
-                self.vm_gone.clone(),
-                self.logs_active.clone(),
-                info.id.clone(),
-            );
-        }
-        race(abort, &vm, "start VM", async {
-            vm.start().await.map_err(|e| Error::vmm("start VM", e))
-        })
-        .await?;
-        let started = vm.started_time().unwrap_or_else(SystemTime::now);
-        let timeout = self.config.gcs_timeout;
-        let handshake = async {
-            guest.connect(timeout).await.map_err(|e| match e {
-                GuestError::Timeout { .. } => Error::Timeout {
-                    op: "GCS connect",
-                    timeout,
-                },
-                e => Error::guest("GCS connect", e),
-            })?;
-            guest
-                .negotiate(&opts.config_options)
-                .await
-                .map_err(|e| Error::guest("negotiate", e))
-        };
-        let bounded = async {
-            tokio::time::timeout(timeout, handshake)
-                .await
-                .map_err(|_| Error::Timeout {
-                    op: "GCS connect and negotiate",
-                    timeout,
-                })?
-        };
-        race(abort, &vm, "connect to guest", bounded).await?;
-        if info.platform == Platform::Wcow {
-            let parent = opts.gcs_service_id.to_string();
-            let finalize = async {
-                guest
-                    .update_hv_socket_address(&info.id, &parent)
-                    .await
-                    .map_err(|e| Error::guest("finalize", e))
-            };
-            race(abort, &vm, "finalize", finalize).await?;
-        }
-        if let Some(c) = &opts.confidential_options {
-            let apply = async {
-                guest
-                    .apply_confidential_options(c)
-                    .await
-                    .map_err(|e| Error::guest("set security policy", e))
-            };
-            race(abort, &vm, "confidential options", apply).await?;
-        }
-        Ok(started)
     }
 
     pub(crate) async fn terminate(self: Arc<Self>) -> Result<(), Error> {

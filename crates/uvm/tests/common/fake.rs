@@ -180,9 +180,11 @@ impl FakeVm {
         let entropy = async move {
             if let Some(p) = entropy {
                 if let Ok(mut s) = UnixStream::connect(p).await {
-                    let mut buf = Vec::new();
-                    let _ = s.read_to_end(&mut buf).await;
-                    this.entropy_bytes.store(buf.len(), Ordering::SeqCst);
+                    // The host keeps the stream open (as QEMU needs): read exactly 512.
+                    let mut buf = vec![0u8; uvm_proto::ports::ENTROPY_BYTES];
+                    if s.read_exact(&mut buf).await.is_ok() {
+                        this.entropy_bytes.store(buf.len(), Ordering::SeqCst);
+                    }
                 }
             }
         };
