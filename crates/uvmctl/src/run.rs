@@ -164,6 +164,10 @@ async fn attach(
     timeout: Option<Duration>,
     manager: &Arc<Manager>,
 ) -> anyhow::Result<RunEnd> {
+    // Listen for signals before any output can reach the user.
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut winch = signal(SignalKind::window_change())?;
     let _raw = if tty && std::io::stdin().is_terminal() { RawMode::enable()? } else { None };
     let stdin_task = match (process.stdin.take(), interactive) {
         (Some(stdin), true) => Some(tokio::spawn(copy_then_close(tokio::io::stdin(), stdin))),
@@ -175,10 +179,6 @@ async fn attach(
     };
     let out = process.stdout.take().map(|o| tokio::spawn(copy_out(o, tokio::io::stdout())));
     let err = process.stderr.take().map(|e| tokio::spawn(copy_out(e, tokio::io::stderr())));
-
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut winch = signal(SignalKind::window_change())?;
     let deadline = async {
         match timeout {
             Some(d) => tokio::time::sleep(d).await,

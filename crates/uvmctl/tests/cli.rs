@@ -1,0 +1,128 @@
+//! `uvmctl` end to end: real binary, real VMs (QEMU/TCG here).
+
+mod common;
+
+use common::{code, stderr, stdout, Sandbox};
+
+#[test]
+fn exit_codes_follow_container_clis() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["run", "--", "uname", "-r"], None);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert!(stdout(&out).trim().starts_with("6."), "uname -r said {:?}", stdout(&out));
+
+    let out = sb.run(&["run", "--", "sh", "-c", "echo out; echo err >&2; exit 7"], None);
+    assert_eq!(code(&out), 7, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "out\n");
+    assert!(stderr(&out).contains("err\n"), "stderr: {}", stderr(&out));
+
+    let out = sb.run(&["run", "--", "no-such-binary"], None);
+    assert_eq!(code(&out), 127, "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("no-such-binary"), "stderr: {}", stderr(&out));
+
+    let out = sb.run(&["run", "--", "/proc/version"], None);
+    assert_eq!(code(&out), 126, "stderr: {}", stderr(&out));
+
+    let out = sb.run(&["run", "--", "sh", "-c", "kill -9 $$"], None);
+    assert_eq!(code(&out), 128 + 9, "stderr: {}", stderr(&out));
+    sb.assert_clean();
+}
+
+#[test]
+fn bad_input_is_refused_with_125_before_anything_starts() {
+    let sb = Sandbox::new();
+    for args in [
+        &["run", "--doc", "/nonexistent/doc.json", "--", "true"][..],
+        &["run", "--memory", "0", "--", "true"],
+        &["run", "--memory", "lots", "--", "true"],
+        &["run", "--cpus", "0", "--", "true"],
+        &["run", "--kernel", "/nonexistent/vmlinux", "--", "true"],
+        &["run", "--bogus-flag", "--", "true"],
+    ] {
+        let out = sb.run(args, None);
+        assert_eq!(code(&out), 125, "{args:?}: stderr: {}", stderr(&out));
+        assert!(!stderr(&out).trim().is_empty(), "{args:?}: no error message");
+        assert!(sb.leftover_dirs().is_empty(), "{args:?} created a VM dir");
+    }
+    sb.assert_clean();
+}
+
+#[test]
+fn bad_document_names_the_field() {
+    let sb = Sandbox::new();
+    let doc = sb.path().join("doc.json");
+    let out = sb.cmd().args(["doc"]).output().unwrap();
+    assert!(out.status.success(), "uvmctl doc: {}", stderr(&out));
+    let mut json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["VirtualMachine"]["ComputeTopology"]["Memory"]["SizeInMBB"] = 128.into();
+    std::fs::write(&doc, json.to_string()).unwrap();
+    let out = sb.run(&["run", "--doc", doc.to_str().unwrap(), "--", "true"], None);
+    assert_eq!(code(&out), 125);
+    assert!(
+        stderr(&out).contains("VirtualMachine.ComputeTopology.Memory.SizeInMBB: unknown field"),
+        "stderr: {}",
+        stderr(&out)
+    );
+    std::fs::remove_file(&doc).unwrap();
+    sb.assert_clean();
+}
+
+#[test]
+fn document_from_uvmctl_doc_runs() {
+    let sb = Sandbox::new();
+    let out = sb.cmd().args(["doc", "--memory", "192"]).output().unwrap();
+    assert!(out.status.success());
+    let doc = sb.path().join("doc.json");
+    std::fs::write(&doc, &out.stdout).unwrap();
+    let out = sb.run(&["run", "--doc", doc.to_str().unwrap(), "--", "grep", "MemTotal", "/proc/meminfo"], None);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let kib: u64 = stdout(&out).split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((150_000..=200_000).contains(&kib), "MemTotal {kib} kB for a 192 MiB guest");
+    std::fs::remove_file(&doc).unwrap();
+    sb.assert_clean();
+}
+
+#[test]
+fn tty_gives_the_command_a_terminal() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["run", "-t", "--", "tty"], None);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert!(stdout(&out).contains("/dev/pts/"), "tty said {:?}", stdout(&out));
+    let out = sb.run(&["run", "--", "tty"], None);
+    assert_ne!(code(&out), 0, "without -t, tty must say 'not a tty'");
+    sb.assert_clean();
+}
+
+#[test]
+fn piped_script_runs_with_dash_i() {
+    let sb = Sandbox::new();
+    let script = b"echo hello from the guest\nx=$((6*7))\necho $x\nexit 3\n";
+    let out = sb.run(&["run", "-i", "--", "sh"], Some(script));
+    assert_eq!(code(&out), 3, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "hello from the guest\n42\n");
+    sb.assert_clean();
+}
+
+#[test]
+fn stats_report_is_json_with_timings() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["run", "--stats", "--json", "--", "true"], None);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    let line = stderr(&out).lines().rev().find(|l| l.starts_with('{')).map(str::to_owned).expect("json line");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    for k in ["create", "start", "exec", "terminate"] {
+        assert!(v["timings_ms"][k].as_f64().unwrap() > 0.0, "{k} missing in {v}");
+    }
+    assert!(v["stats"]["memory"]["working_set_bytes"].as_u64().unwrap() > 0);
+    assert!(v["stats"]["processor"]["total_runtime_ns"].as_u64().unwrap() > 0);
+    sb.assert_clean();
+}
+
+#[test]
+fn timeout_terminates_the_vm() {
+    let sb = Sandbox::new();
+    let out = sb.run(&["run", "--timeout", "3s", "--", "sleep", "600"], None);
+    assert_eq!(code(&out), 125, "stderr: {}", stderr(&out));
+    assert!(stderr(&out).contains("timed out"), "stderr: {}", stderr(&out));
+    sb.assert_clean();
+}
