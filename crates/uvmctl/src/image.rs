@@ -24,18 +24,16 @@ impl From<&KernelChoice> for KernelKind {
     }
 }
 
-/// Builds (or finds in the cache) the image for `kind`, with a spinner on a terminal.
+/// Builds (or finds in the cache) the image for `kind`. Long steps show a
+/// spinner; the kernel build shows a bar with an ETA.
 pub async fn ensure_image(kind: KernelKind) -> anyhow::Result<Image> {
     let label = format!("{kind:?}").to_lowercase();
     tokio::task::spawn_blocking(move || {
-        let bar = progress_bar();
+        let progress = BuildProgress::new();
         let started = std::time::Instant::now();
-        let image = uvm_image::ensure_image(&kind, &|line: &str| {
-            bar.set_message(line.trim().chars().take(100).collect::<String>());
-        });
-        let slow = started.elapsed() > Duration::from_secs(2);
-        bar.finish_and_clear();
-        if slow {
+        let image = uvm_image::ensure_image(&kind, &|line: &str| progress.line(line));
+        progress.finish();
+        if started.elapsed() > Duration::from_secs(2) {
             if let Ok(img) = &image {
                 eprintln!("image ({label}) ready in {:.1?}: {}", started.elapsed(), img.kernel.display());
             }
@@ -47,14 +45,70 @@ pub async fn ensure_image(kind: KernelKind) -> anyhow::Result<Image> {
     .context("preparing the guest image")
 }
 
-fn progress_bar() -> ProgressBar {
-    let bar = ProgressBar::new_spinner();
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-    );
-    bar.enable_steady_tick(Duration::from_millis(200));
-    bar
+/// Kernel build steps (kbuild `CC`, `LD`, ... lines) of a build of the
+/// tuned config, measured here; replaced by the count of the last build.
+const DEFAULT_KERNEL_STEPS: u64 = 1500;
+
+/// Progress of an image build: a spinner, then a bar with ETA once kbuild
+/// starts printing its steps. The step count of a finished build is kept in
+/// the cache so the next estimate is exact for the same config.
+struct BuildProgress {
+    bar: ProgressBar,
+    steps: std::sync::atomic::AtomicU64,
+    steps_file: std::path::PathBuf,
+}
+
+impl BuildProgress {
+    fn new() -> Self {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        let steps_file = uvm_image::cache_dir().join("kernel").join("build-steps");
+        BuildProgress { bar, steps: 0.into(), steps_file }
+    }
+
+    fn line(&self, line: &str) {
+        use std::sync::atomic::Ordering;
+        if is_kbuild_step(line) {
+            let n = self.steps.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == 1 {
+                let total = std::fs::read_to_string(&self.steps_file)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok())
+                    .unwrap_or(DEFAULT_KERNEL_STEPS);
+                self.bar.set_length(total);
+                self.bar.set_style(
+                    ProgressStyle::with_template(
+                        "building kernel [{elapsed_precise}] [{bar:30}] {pos}/{len} ETA {eta} {wide_msg}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+            }
+            if n >= self.bar.length().unwrap_or(u64::MAX) {
+                self.bar.set_length(n + 1);
+            }
+            self.bar.set_position(n);
+        }
+        self.bar.set_message(line.trim().chars().take(80).collect::<String>());
+    }
+
+    fn finish(&self) {
+        let n = self.steps.load(std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            let _ = std::fs::write(&self.steps_file, n.to_string());
+        }
+        self.bar.finish_and_clear();
+    }
+}
+
+/// Whether a kernel build output line is one kbuild step (`  CC      kernel/fork.o`).
+fn is_kbuild_step(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix("  ") else { return false };
+    let word = rest.split_whitespace().next().unwrap_or("");
+    !word.is_empty() && word.len() <= 8 && word.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// The default document for an image.
@@ -122,5 +176,20 @@ fn size(p: &std::path::Path) -> String {
     match std::fs::metadata(p) {
         Ok(m) => format!("{:.1} MiB", m.len() as f64 / (1024.0 * 1024.0)),
         Err(e) => format!("unreadable: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kbuild_steps_are_recognised() {
+        assert!(is_kbuild_step("  CC      kernel/fork.o"));
+        assert!(is_kbuild_step("  LD      vmlinux.o"));
+        assert!(is_kbuild_step("  HOSTCC  scripts/basic/fixdep"));
+        assert!(!is_kbuild_step("build.sh: configuring in /x"));
+        assert!(!is_kbuild_step("make[1]: Entering directory"));
+        assert!(!is_kbuild_step(""));
     }
 }
