@@ -31,6 +31,16 @@ pub trait Controller: Send + Sync {
     /// Waits until the VM exited and its log stream drained. Fails in NotCreated.
     async fn wait(&self) -> Result<(), Error>;
     /// Runtime statistics. Needs Running.
+    ///
+    /// Filled from: `processor.total_runtime_ns` = user+system CPU time of the
+    /// vCPU threads; `memory.working_set_bytes` = resident set of the VM
+    /// process; `memory.virtual_node_count` = NUMA nodes backing guest memory;
+    /// `vm_memory.assigned_memory` = document memory in bytes;
+    /// `vm_memory.available_memory` = the guest's MemAvailable in MiB (asked
+    /// from the agent, bounded by the RPC timeout). Always 0/false because
+    /// QEMU here has no such mechanism: `available_memory_buffer`,
+    /// `reserved_memory` (all memory is assigned at boot), `slp_active`,
+    /// `balancing_enabled`, `dm_operation_in_progress` (no dynamic memory).
     async fn stats(&self) -> Result<VirtualMachineStatistics, Error>;
     /// Terminates the VM and releases everything. No-op in NotCreated/Terminated;
     /// aborts an in-flight start; a failed terminate/close → Invalid.

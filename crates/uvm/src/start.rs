@@ -33,19 +33,49 @@ async fn race<T>(
         r = fut => r,
     };
     match r {
-        Err(e @ (Error::Guest { .. } | Error::Vmm { .. })) => {
-            match tokio::time::timeout(EXIT_GRACE, vm.wait()).await {
-                Ok(reason) => {
-                    tracing::debug!(target: "uvm::lifecycle", error = %e, "start step failed as the VM exited");
-                    Err(Error::VmExited {
-                        step,
-                        reason: ExitError(reason),
-                    })
-                }
-                Err(_) => Err(e),
+        Err(e) if may_be_vm_death(&e) => match tokio::time::timeout(EXIT_GRACE, vm.wait()).await {
+            Ok(reason) => {
+                tracing::debug!(target: "uvm::lifecycle", error = %e, "start step failed as the VM exited");
+                Err(Error::VmExited {
+                    step,
+                    reason: ExitError(reason),
+                })
             }
-        }
+            Err(_) => Err(e),
+        },
         r => r,
+    }
+}
+
+/// Whether a failed step may just be the VM dying (a broken connection or
+/// control channel), as opposed to a typed refusal.
+fn may_be_vm_death(e: &Error) -> bool {
+    use tonic::Code;
+    use uvm_vmm::VmmError;
+    match e {
+        Error::Guest { source, .. } => match source {
+            GuestError::Accept(_)
+            | GuestError::Transport(_)
+            | GuestError::Closed
+            | GuestError::NotConnected => true,
+            GuestError::Rpc { status, .. } => matches!(
+                status.code(),
+                Code::Unknown
+                    | Code::Unavailable
+                    | Code::Cancelled
+                    | Code::Internal
+                    | Code::Aborted
+            ),
+            _ => false,
+        },
+        Error::Vmm { source, .. } => matches!(
+            source,
+            VmmError::Qmp { .. }
+                | VmmError::Exited { .. }
+                | VmmError::Io { .. }
+                | VmmError::State(_)
+        ),
+        _ => false,
     }
 }
 
