@@ -74,7 +74,7 @@ pub(crate) fn workspace_root() -> PathBuf {
 }
 
 /// Fails unless `path` is an ELF executable without a `PT_INTERP` segment.
-pub fn check_static(path: &Path, fix: &'static str) -> Result<()> {
+pub(crate) fn check_static(path: &Path, fix: &'static str) -> Result<()> {
     let mut head = vec![0u8; 64 * 1024];
     let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
     let mut n = 0;

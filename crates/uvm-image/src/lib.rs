@@ -23,7 +23,7 @@ mod tsc;
 use std::path::{Path, PathBuf};
 
 pub use error::{Error, Result};
-pub use host::{check_static, locate_agent, locate_busybox};
+pub use host::{locate_agent, locate_busybox};
 pub use image::{compile_rawinit, ensure_image, raw_baseline_image, Image, RAWINIT_SOURCE};
 pub use initramfs::{build_initramfs, ensure_initramfs, InitramfsSpec, BASE_DIRS};
 pub use kernel::{
