@@ -64,6 +64,11 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io("create a file in", dir, e))?;
     std::io::Write::write_all(&mut tmp, bytes)
         .map_err(|e| Error::io("write", tmp.path().to_owned(), e))?;
+    // Cache files are plain data, readable by whoever runs QEMU.
+    let perms = std::os::unix::fs::PermissionsExt::from_mode(0o644);
+    tmp.as_file()
+        .set_permissions(perms)
+        .map_err(|e| Error::io("chmod", tmp.path().to_owned(), e))?;
     tmp.persist(path)
         .map_err(|e| Error::io("rename into", path, e.error))?;
     Ok(())
