@@ -105,7 +105,8 @@ pub struct BenchOptions {
     pub floor_iterations: usize,
     /// vCPUs per guest.
     pub cpus: u32,
-    /// TCG translation-cache cap for the raw baselines (match the backend's).
+    /// TCG translation-cache cap for the raw baselines; defaults to the
+    /// backend's (`uvm_vmm::QemuConfig::tb_size_mb`) so both sides match.
     pub tb_size_mb: Option<u32>,
 }
 
@@ -123,7 +124,7 @@ impl BenchOptions {
             qga_poll: Duration::from_millis(1),
             floor_iterations: 200,
             cpus: 1,
-            tb_size_mb: None,
+            tb_size_mb: Some(uvm_vmm::QemuConfig::default().tb_size_mb),
         }
     }
 

@@ -134,7 +134,7 @@ pub async fn stdout_mib_s(vm: &OurVm, bytes: usize, dir: &Path) -> Result<f64, B
     let out = dir.join("stdout.bin");
     let n = bytes.to_string();
     let (code, d) = vm
-        .exec(&["/bin/head", "-c", &n, "/dev/zero"], Some(&out))
+        .exec(&["head", "-c", &n, "/dev/zero"], Some(&out))
         .await?;
     let got = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(&out);
