@@ -188,6 +188,24 @@ async fn injected_failures_leave_the_table_state() {
             State::Invalid,
         ),
         (
+            "agent hangs up right after connecting",
+            Faults {
+                gcs_hangup: true,
+                ..Default::default()
+            },
+            true,
+            |e| {
+                matches!(
+                    e,
+                    Error::Guest {
+                        op: "GCS connect" | "negotiate",
+                        ..
+                    }
+                )
+            },
+            State::Invalid,
+        ),
+        (
             "VM exits during start",
             Faults {
                 exit_during_start: true,

@@ -230,3 +230,34 @@ async fn real_lifecycles_keep_resources_flat() {
         "RSS grew: {rss_kb} kB -> {rss2_kb} kB"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_unusable_runtime_dir_fails_create_cleanly() {
+    let files = tempfile::tempdir().unwrap();
+    let (k, i) = (files.path().join("k"), files.path().join("i"));
+    std::fs::write(&k, b"k").unwrap();
+    std::fs::write(&i, b"i").unwrap();
+    // A regular file where the runtime root should be: nothing can be made under it.
+    let not_a_dir = files.path().join("runtime-root");
+    std::fs::write(&not_a_dir, b"").unwrap();
+    let m = manager(&not_a_dir, None);
+    let err = m
+        .create_vm(CreateOptions {
+            id: "nodir".into(),
+            document: doc(&k, &i, ""),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            Error::Vmm {
+                op: "create VM",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(m.state(), State::NotCreated);
+    assert_eq!(std::fs::read(&not_a_dir).unwrap(), b"", "nothing written");
+}

@@ -28,6 +28,8 @@ pub struct Faults {
     pub close_fails: usize,
     /// The fake guest waits this long after start before connecting.
     pub boot_delay: Duration,
+    /// The agent connects the GCS channel and hangs up at once (a crash).
+    pub gcs_hangup: bool,
     /// The fake guest reconnects its log stream once (WCOW agents do).
     pub log_reconnect: bool,
     pub gcs: FakeGcsConfig,
@@ -213,6 +215,10 @@ impl FakeVm {
                 return;
             }
             if let Ok(s) = UnixStream::connect(gcs_path).await {
+                if f.gcs_hangup {
+                    drop(s);
+                    return;
+                }
                 gcs.serve(s, stop3).await;
             }
         };
