@@ -95,16 +95,8 @@ impl Kernel {
     }
 
     fn image(self, kind: &KernelKind, initrd: PathBuf) -> Image {
-        let mut cmdline = self.cmdline.to_owned();
-        if self.machine == MachineHint::Microvm {
-            // microvm has no clock to calibrate the TSC against; see `host_tsc_khz`.
-            match crate::host_tsc_khz() {
-                Some(khz) => cmdline.push_str(&format!(" tsc_early_khz={khz}")),
-                None => {
-                    tracing::warn!("host TSC frequency unknown; a microvm guest may hang under TCG")
-                }
-            }
-        }
+        // microvm has no clock to calibrate the TSC against; see `host_tsc_khz`.
+        let cmdline = uvm_vmm::with_tsc_hint(self.cmdline, self.machine == MachineHint::Microvm);
         Image {
             kernel: self.path,
             initrd,

@@ -18,7 +18,6 @@ mod image;
 mod initramfs;
 mod kernel;
 pub mod modules;
-mod tsc;
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +31,7 @@ pub use kernel::{
     STOCK_CMDLINE, TUNED_CMDLINE,
 };
 pub use modules::{KernelModules, ResolvedModule};
-pub use tsc::host_tsc_khz;
+pub use uvm_vmm::host_tsc_khz;
 
 /// The cache root: `$UVM_CACHE_DIR`, else `$XDG_CACHE_HOME/uvm`, else
 /// `$HOME/.cache/uvm` (`/tmp/uvm-cache` when even `HOME` is unset).

@@ -50,6 +50,7 @@ pub mod qmp;
 pub mod runtime_dir;
 pub mod stats;
 mod traits;
+mod tsc;
 
 pub use channel::{ChannelSet, ChannelSpec};
 
@@ -61,3 +62,4 @@ pub use exit::{exit_reason, ExitFacts, ExitReason, VmStatistics};
 pub use qemu::{Accel, QemuConfig, QemuHypervisor, QemuVm};
 pub use runtime_dir::sweep_stale_runtime_dirs;
 pub use traits::{Hypervisor, UtilityVm};
+pub use tsc::{host_tsc_khz, with_tsc_hint};

@@ -251,7 +251,7 @@ impl QemuHypervisor {
             cpus: doc.processor_count(),
             kernel,
             initrd,
-            append: doc.kernel_cmdline().to_string(),
+            append: crate::with_tsc_hint(doc.kernel_cmdline(), machine == Machine::Microvm),
             qmp_socket,
             channels: ports,
             serials,

@@ -28,6 +28,23 @@ pub fn host_tsc_khz() -> Option<u64> {
     })
 }
 
+/// The kernel command line for a `microvm` guest: `cmdline` with
+/// `tsc_early_khz=<host kHz>` appended unless it already sets it (or the
+/// frequency is unknown, which is logged). Other machines get `cmdline` as is.
+pub fn with_tsc_hint(cmdline: &str, microvm: bool) -> String {
+    if !microvm || cmdline.split_whitespace().any(|w| w.starts_with("tsc_early_khz=")) {
+        return cmdline.to_owned();
+    }
+    match host_tsc_khz() {
+        Some(khz) if cmdline.trim().is_empty() => format!("tsc_early_khz={khz}"),
+        Some(khz) => format!("{} tsc_early_khz={khz}", cmdline.trim_end()),
+        None => {
+            tracing::warn!("host TSC frequency unknown; a microvm guest may hang under TCG");
+            cmdline.to_owned()
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 fn rdtsc() -> u64 {
     // SAFETY: RDTSC has no preconditions on x86_64; it only reads a counter.
@@ -72,6 +89,16 @@ fn measure() -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn microvm_cmdline_gets_the_tsc_hint_once() {
+        let with = super::with_tsc_hint("console=ttyS0 panic=-1", true);
+        assert!(with.starts_with("console=ttyS0 panic=-1 tsc_early_khz="), "{with}");
+        assert_eq!(super::with_tsc_hint(&with, true), with, "appended twice");
+        assert_eq!(super::with_tsc_hint("quiet tsc_early_khz=1000", true), "quiet tsc_early_khz=1000");
+        assert_eq!(super::with_tsc_hint("console=ttyS0", false), "console=ttyS0");
+    }
+
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn measures_a_plausible_frequency() {
