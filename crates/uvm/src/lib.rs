@@ -59,7 +59,7 @@ pub use options::{
     CreateOptions, ExitStatus, ManagerConfig, StartOptions, DEFAULT_GCS_TIMEOUT,
     DEFAULT_RPC_TIMEOUT,
 };
-pub use state::{transition, Event, InvalidTransition, State};
+pub use state::{transition, Event, InvalidTransition, State, Transition};
 pub use uvm_guest::{
     ConfidentialOptions, ConfigOption, ExecRequest, Guest, InitialState, SecurityPolicy,
 };

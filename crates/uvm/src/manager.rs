@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use uvm_schema::Platform;
 use uvm_vmm::{Hypervisor, UtilityVm};
 
-use crate::state::{transition, Event, InvalidTransition};
+use crate::state::{transition, Event, InvalidTransition, Transition};
 use crate::{
     Controller, CreateOptions, Error, ExecRequest, ExitStatus, Guest, ManagerConfig, StartOptions,
     State, VirtualMachineStatistics,
@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     pub config: ManagerConfig,
     /// The state; read without waiting, written only through [`Inner::apply`].
     pub state: watch::Sender<State>,
+    /// Every applied transition, in order.
+    pub transitions: broadcast::Sender<Transition>,
     /// Serialises create/start/terminate and the exit watcher's transition.
     pub lifecycle: tokio::sync::Mutex<()>,
     pub vm: Mutex<Option<Arc<dyn UtilityVm>>>,
@@ -61,6 +63,9 @@ pub(crate) struct Inner {
     pub vm_gone: CancellationToken,
 }
 
+/// Transitions a slow subscriber may fall behind before it lags.
+const TRANSITION_BACKLOG: usize = 64;
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -77,6 +82,12 @@ impl Inner {
             let r = transition(*s, event);
             let changed = matches!(r, Ok(next) if next != *s);
             if let Ok(next) = r {
+                // Under the watch's write lock: transitions are published in order.
+                let _ = self.transitions.send(Transition {
+                    from: *s,
+                    event,
+                    to: next,
+                });
                 *s = next;
             }
             result = Some(r);
@@ -178,6 +189,7 @@ impl Manager {
             hypervisor,
             config,
             state: watch::Sender::new(State::NotCreated),
+            transitions: broadcast::channel(TRANSITION_BACKLOG).0,
             lifecycle: tokio::sync::Mutex::new(()),
             vm: Mutex::new(None),
             guest: Mutex::new(None),
@@ -221,9 +233,16 @@ impl Manager {
         self.inner.info().map(|i| i.platform)
     }
 
-    /// A receiver that sees every state change (for observers and tests).
+    /// A receiver of the current state; changes may coalesce (use
+    /// [`Manager::subscribe_transitions`] to see every step).
     pub fn subscribe_state(&self) -> watch::Receiver<State> {
         self.inner.state.subscribe()
+    }
+
+    /// A receiver of every transition applied from now on, in order (it lags,
+    /// and says so, only if it falls more than 64 transitions behind).
+    pub fn subscribe_transitions(&self) -> broadcast::Receiver<Transition> {
+        self.inner.transitions.subscribe()
     }
 }
 

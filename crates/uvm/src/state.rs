@@ -75,6 +75,17 @@ impl State {
     ];
 }
 
+/// One applied step of the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// State before.
+    pub from: State,
+    /// What happened.
+    pub event: Event,
+    /// State after (`transition(from, event)`).
+    pub to: State,
+}
+
 /// An event that the table does not allow in a state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid transition: {event:?} in state {from}")]

@@ -100,10 +100,30 @@ impl Env {
     }
 }
 
-/// Whether `from → to` is a change some event of the table allows.
-pub fn allowed(from: State, to: State) -> bool {
-    from == to
-        || uvm::Event::ALL
-            .iter()
-            .any(|e| uvm::transition(from, *e) == Ok(to))
+/// Drains the transitions received so far and checks they form one chain
+/// from `start`, each step allowed by the table. Returns them.
+pub fn checked_transitions(
+    rx: &mut tokio::sync::broadcast::Receiver<uvm::Transition>,
+    start: State,
+) -> Vec<uvm::Transition> {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let mut seen = Vec::new();
+    loop {
+        match rx.try_recv() {
+            Ok(t) => seen.push(t),
+            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+            Err(TryRecvError::Lagged(n)) => panic!("transition observer lagged by {n}"),
+        }
+    }
+    let mut cur = start;
+    for t in &seen {
+        assert_eq!(t.from, cur, "transitions do not chain: {seen:?}");
+        assert_eq!(
+            uvm::transition(t.from, t.event),
+            Ok(t.to),
+            "not in the table: {t:?}"
+        );
+        cur = t.to;
+    }
+    seen
 }
