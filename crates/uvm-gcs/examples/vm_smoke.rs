@@ -374,6 +374,7 @@ async fn smoke() {
         .unwrap();
     // Consume what the dead connection sends back, up to its GOAWAY, but not
     // the SETTINGS of the agent's next connection.
+    let mut seen = Vec::new();
     let drained = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             let mut head = [0u8; 9];
@@ -381,6 +382,7 @@ async fn smoke() {
             let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
             let mut payload = vec![0u8; len];
             raw.read_exact(&mut payload).await?;
+            seen.push((head[3], head[4], len));
             if head[3] == 0x7 {
                 return Ok::<_, std::io::Error>(());
             }

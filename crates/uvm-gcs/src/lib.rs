@@ -15,6 +15,7 @@ pub mod logging;
 pub mod policy;
 pub mod ports;
 pub mod reaper;
+pub mod resync;
 pub mod server;
 pub mod service;
 pub mod spawn;

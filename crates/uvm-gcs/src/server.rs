@@ -9,6 +9,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
 use crate::fdio::DropNotify;
+use crate::resync::PrefaceSync;
 use crate::service::Agent;
 
 /// Serves one connection over `io` until the peer goes away or sends garbage.
@@ -30,7 +31,9 @@ where
 }
 
 /// Serves the GCS on the virtio-serial port `name`, reopening it whenever the
-/// connection ends (bounded exponential backoff). Never returns.
+/// connection ends (bounded exponential backoff). Each connection starts at
+/// the next HTTP/2 preface, so leftovers of a broken connection are skipped.
+/// Never returns.
 pub async fn serve_port(agent: Agent, name: &str) -> ! {
     const MIN_BACKOFF: Duration = Duration::from_millis(20);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -40,7 +43,7 @@ pub async fn serve_port(agent: Agent, name: &str) -> ! {
         match crate::ports::open(name) {
             Ok(io) => {
                 tracing::info!(port = name, "serving GCS");
-                match serve_connection(agent.clone(), io).await {
+                match serve_connection(agent.clone(), PrefaceSync::new(io)).await {
                     Ok(()) => tracing::warn!(port = name, "GCS connection ended; reopening"),
                     Err(e) => {
                         tracing::warn!(port = name, error = %e, "GCS connection failed; reopening")
@@ -71,4 +74,25 @@ pub async fn serve_unix(
         .serve_with_incoming(UnixListenerStream::new(listener))
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reaper::Reaper;
+    use crate::resync::H2_PREFACE;
+    use crate::service::Role;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn garbage_ends_only_the_connection() {
+        let (mut host, guest) = tokio::io::duplex(1 << 16);
+        let agent = Agent::new(Reaper::new(), Role::Process);
+        let served = tokio::spawn(serve_connection(agent, PrefaceSync::new(guest)));
+        host.write_all(b"stale bytes").await.unwrap();
+        host.write_all(H2_PREFACE).await.unwrap();
+        host.write_all(&[0xff; 64]).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(5), served).await;
+        assert!(matches!(ended, Ok(Ok(_))), "{ended:?}");
+    }
 }
