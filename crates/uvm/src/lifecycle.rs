@@ -191,32 +191,34 @@ impl Inner {
         *lock(&self.exit_status) = Some(ExitStatus { stopped_time, err });
     }
 
-    /// Watches for the VM process exiting on its own: Running/Invalid →
-    /// Terminated, guest connection closed, host resources released.
+    /// Watches for the VM process exiting. On its own (not terminate's doing):
+    /// Running/Invalid → Terminated, guest connection closed, host resources
+    /// released. Either way it then releases `wait`.
     fn spawn_exit_watcher(self: Arc<Self>, vm: Arc<dyn UtilityVm>) {
         tokio::spawn(async move {
             let reason = vm.wait().await;
-            self.vm_exited.send_replace(true);
             self.vm_gone.cancel();
-            if self.terminating.load(Ordering::SeqCst) {
-                return;
-            }
-            let _l = self.lifecycle.lock().await;
-            if self.terminating.load(Ordering::SeqCst)
-                || !matches!(self.state(), State::Running | State::Invalid)
             {
-                return;
+                // Terminate (which holds this lock while it runs) owns an exit it
+                // asked for; the watcher handles only natural exits.
+                let _l = self.lifecycle.lock().await;
+                let natural = !self.terminating.load(Ordering::SeqCst)
+                    && matches!(self.state(), State::Running | State::Invalid);
+                if natural {
+                    if let Some(g) = self.guest() {
+                        g.close();
+                    }
+                    let id = self.id();
+                    if let Err(e) = vm.close().await {
+                        tracing::warn!(target: "uvm::lifecycle", vm_id = %id, error = %e, "releasing exited VM");
+                    }
+                    self.record_exit(vm.as_ref());
+                    let _ = self.apply(Event::VmExited);
+                    tracing::info!(target: "uvm::lifecycle", vm_id = %id, %reason, clean = reason.is_clean(), "VM exited");
+                }
             }
-            if let Some(g) = self.guest() {
-                g.close();
-            }
-            let id = self.id();
-            if let Err(e) = vm.close().await {
-                tracing::warn!(target: "uvm::lifecycle", vm_id = %id, error = %e, "releasing exited VM");
-            }
-            self.record_exit(vm.as_ref());
-            let _ = self.apply(Event::VmExited);
-            tracing::info!(target: "uvm::lifecycle", vm_id = %id, %reason, clean = reason.is_clean(), "VM exited");
+            // Released only now, so a waiter sees the settled state and exit status.
+            self.vm_exited.send_replace(true);
         });
     }
 }

@@ -55,7 +55,8 @@ pub(crate) struct Inner {
     pub terminating: AtomicBool,
     pub start_time: Mutex<Option<SystemTime>>,
     pub exit_status: Mutex<Option<ExitStatus>>,
-    /// True once the VM process is known to have exited.
+    /// True once the VM process exited and its exit was handled (the state
+    /// and exit status are settled); `wait` waits for it.
     pub vm_exited: watch::Sender<bool>,
     /// Number of running log relays.
     pub logs_active: watch::Sender<usize>,

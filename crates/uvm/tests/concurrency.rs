@@ -241,3 +241,48 @@ async fn dropping_the_manager_terminates_its_vm() {
     }
     panic!("VM not released after the manager was dropped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_waiter_is_released_when_the_vm_dies() {
+    let e = Arc::new(env(Faults::default()));
+    e.run().await;
+    let waiters: Vec<_> = (0..10)
+        .map(|_| {
+            let e = e.clone();
+            tokio::spawn(async move {
+                e.mgr.wait().await.unwrap();
+                e.mgr.exit_status()
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    e.hv.last_vm()
+        .exit_with(uvm_vmm::ExitReason::Signaled { signal: 9 });
+    for w in waiters {
+        let status = tokio::time::timeout(Duration::from_secs(5), w)
+            .await
+            .unwrap()
+            .unwrap();
+        // wait() returns with the state and exit status settled.
+        assert_eq!(
+            status.unwrap().err.unwrap().0,
+            uvm_vmm::ExitReason::Signaled { signal: 9 }
+        );
+    }
+    assert_eq!(e.mgr.state(), State::Terminated);
+    let err = e
+        .mgr
+        .exec_into_host(ExecRequest {
+            args: vec!["echo".into()],
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(
+        err,
+        Err(Error::InvalidState {
+            state: State::Terminated,
+            ..
+        })
+    ));
+    e.finish().await;
+}
