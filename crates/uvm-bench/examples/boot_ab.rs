@@ -20,11 +20,21 @@ async fn main() {
     let (mut ta, mut tb) = (vec![], vec![]);
     for i in 0..runs {
         for (img, out) in [(&a, &mut ta), (&b, &mut tb)] {
-            let vm = OurVm::boot(&format!("ab-{i}"), img, 128, 1).await.expect("boot");
+            let vm = OurVm::boot(&format!("ab-{i}"), img, 128, 1)
+                .await
+                .expect("boot");
             out.push(ms(vm.create + vm.start));
             vm.terminate().await.expect("terminate");
         }
     }
-    println!("A initrd {} KiB: create+start median {:.1} ms", size(&a.initrd), median(&ta).unwrap());
-    println!("B initrd {} KiB: create+start median {:.1} ms (runs {runs})", size(&b.initrd), median(&tb).unwrap());
+    println!(
+        "A initrd {} KiB: create+start median {:.1} ms",
+        size(&a.initrd),
+        median(&ta).unwrap()
+    );
+    println!(
+        "B initrd {} KiB: create+start median {:.1} ms (runs {runs})",
+        size(&b.initrd),
+        median(&tb).unwrap()
+    );
 }

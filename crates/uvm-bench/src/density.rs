@@ -32,6 +32,7 @@ pub async fn step(n: usize, image: &Image, opts: &BenchOptions) -> Density {
         }
     }
     let qemu = memory::qemu_children_rss_mib();
+    let pss = memory::qemu_children_pss_mib();
     let ctrl = memory::self_rss_kib().unwrap_or(0).saturating_sub(before) as f64 / 1024.0;
     let running = vms.len();
     for vm in vms {
@@ -43,6 +44,7 @@ pub async fn step(n: usize, image: &Image, opts: &BenchOptions) -> Density {
         vms: n,
         all_running_s: Some(all),
         rss_mib_per_vm: (running > 0).then(|| (qemu + ctrl) / running as f64),
+        pss_mib_per_vm: (running > 0).then(|| (pss + ctrl) / running as f64),
         failures: n - running,
         errors,
     }

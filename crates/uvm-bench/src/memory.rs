@@ -6,6 +6,13 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     parse_kib(&s, "Rss:")
 }
 
+/// Pss of `pid` in KiB (shared pages, e.g. the kernel and initrd page cache
+/// every QEMU maps, divided among their users).
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    parse_kib(&s, "Pss:")
+}
+
 /// This process's VmRSS in KiB.
 pub fn self_rss_kib() -> Option<u64> {
     parse_kib(
@@ -49,6 +56,11 @@ pub fn qemu_children_rss_mib() -> f64 {
     qemu_children().into_iter().filter_map(rss_kib).sum::<u64>() as f64 / 1024.0
 }
 
+/// Sum of the Pss of all QEMU children, MiB.
+pub fn qemu_children_pss_mib() -> f64 {
+    qemu_children().into_iter().filter_map(pss_kib).sum::<u64>() as f64 / 1024.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -59,5 +71,6 @@ mod tests {
         assert_eq!(parse_kib("VmRSS:\t  99 kB\n", "VmRSS:"), Some(99));
         assert!(self_rss_kib().unwrap() > 0);
         assert!(rss_kib(std::process::id()).is_some());
+        assert!(pss_kib(std::process::id()).is_some());
     }
 }

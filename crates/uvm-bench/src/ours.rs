@@ -53,8 +53,18 @@ impl OurVm {
         memory_mb: u32,
         cpus: u32,
     ) -> Result<OurVm, BenchError> {
+        Self::boot_with(Manager::new(), id, image, memory_mb, cpus).await
+    }
+
+    /// [`OurVm::boot`] on a given (e.g. differently configured) Manager.
+    pub async fn boot_with(
+        mgr: Manager,
+        id: &str,
+        image: &Image,
+        memory_mb: u32,
+        cpus: u32,
+    ) -> Result<OurVm, BenchError> {
         let doc = document(image, memory_mb, cpus);
-        let mgr = Manager::new();
         let t0 = Instant::now();
         bounded(
             "create_vm",

@@ -134,7 +134,9 @@ pub struct MemoryRow {
     pub rss_mib: Option<f64>,
     /// QEMU `smaps_rollup` Rss.
     pub qemu_rss_mib: Option<f64>,
-    /// Growth of this process's Rss for the VM.
+    /// QEMU `smaps_rollup` Pss (shared file pages divided among users).
+    pub qemu_pss_mib: Option<f64>,
+    /// Growth of this process's Rss for the VM (0: below allocator noise).
     pub controller_rss_mib: Option<f64>,
     /// Rss of the idle qemu-guest-agent peer VM of the same size.
     pub peer_qemu_rss_mib: Option<f64>,
@@ -158,6 +160,8 @@ pub struct Density {
     pub all_running_s: Option<f64>,
     /// (QEMU Rss sum + controller growth) / running VMs.
     pub rss_mib_per_vm: Option<f64>,
+    /// QEMU Pss sum / running VMs (shared kernel/initrd page cache divided).
+    pub pss_mib_per_vm: Option<f64>,
     /// VMs that did not reach Running.
     pub failures: usize,
     /// Their errors.
@@ -307,20 +311,29 @@ impl Report {
                     None,
                     ratio(m.rss_mib, m.peer_qemu_rss_mib),
                 );
+                row(
+                    "  of which QEMU Pss MiB",
+                    m.qemu_pss_mib,
+                    None,
+                    None,
+                    None,
+                    None,
+                );
             }
             let _ = writeln!(
                 t,
-                "  (tb-size cap {:?} MiB; baseline = idle qemu-guest-agent VM QEMU Rss)",
+                "  (TCG tb-size cap {:?} MiB; baseline = idle qemu-guest-agent VM QEMU Rss)",
                 mem.tb_size_mb
             );
         }
         for d in &self.density {
             let _ = writeln!(
                 t,
-                "density {:>2} VMs: all Running {} s, {} MiB/VM, {} failures",
+                "density {:>2} VMs: all Running {} s, Rss {} MiB/VM (Pss {}), {} failures",
                 d.vms,
                 f(d.all_running_s),
                 f(d.rss_mib_per_vm),
+                f(d.pss_mib_per_vm),
                 d.failures
             );
         }

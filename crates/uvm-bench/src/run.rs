@@ -232,6 +232,7 @@ async fn memory_section(
         ours::exec_true_ms(&vm).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
         let q = memory::qemu_children_rss_mib();
+        let qp = memory::qemu_children_pss_mib();
         let c = memory::self_rss_kib().unwrap_or(0).saturating_sub(before) as f64 / 1024.0;
         vm.terminate().await?;
         let peer = setup::baseline(raw_img, qga_initrd, opts, mb);
@@ -246,12 +247,15 @@ async fn memory_section(
             guest_mb: mb,
             rss_mib: Some(q + c),
             qemu_rss_mib: Some(q),
+            qemu_pss_mib: Some(qp),
             controller_rss_mib: Some(c),
             peer_qemu_rss_mib: peer_rss,
         });
     }
+    // The cap only exists under TCG.
+    let tb_size_mb = opts.tb_size_mb.filter(|_| Accel::detect() == Accel::Tcg);
     Ok(Memory {
-        tb_size_mb: opts.tb_size_mb,
+        tb_size_mb,
         rss_mib: rows,
     })
 }
