@@ -2,9 +2,14 @@
 
 use std::io;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::Server;
 
@@ -12,12 +17,67 @@ use crate::fdio::DropNotify;
 use crate::resync::PrefaceSync;
 use crate::service::Agent;
 
+/// Monotonic time (ns since the first use) of the last write on a GCS connection.
+static LAST_WRITE_NS: AtomicU64 = AtomicU64::new(0);
+static CLOCK_BASE: OnceLock<Instant> = OnceLock::new();
+
+fn now_ns() -> u64 {
+    CLOCK_BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// Waits until no GCS connection has written for `quiet` (at most `max`), so
+/// a response already queued (e.g. to `Shutdown`) reaches the host first.
+pub async fn wait_for_quiet_writes(quiet: Duration, max: Duration) {
+    let deadline = Instant::now() + max;
+    loop {
+        let idle =
+            Duration::from_nanos(now_ns().saturating_sub(LAST_WRITE_NS.load(Ordering::Relaxed)));
+        if idle >= quiet || Instant::now() >= deadline {
+            return;
+        }
+        tokio::time::sleep(quiet.saturating_sub(idle).max(Duration::from_millis(5))).await;
+    }
+}
+
+/// Records the time of every successful write.
+struct WriteClock<T>(T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for WriteClock<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for WriteClock<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.0).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(_))) {
+            LAST_WRITE_NS.store(now_ns(), Ordering::Relaxed);
+        }
+        r
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
 /// Serves one connection over `io` until the peer goes away or sends garbage.
 pub async fn serve_connection<IO>(agent: Agent, io: IO) -> Result<(), tonic::transport::Error>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (io, gone) = DropNotify::new(io);
+    let (io, gone) = DropNotify::new(WriteClock(io));
     // tonic serves each connection in a detached task; the drop notification
     // tells us when that connection is over.
     let incoming =
@@ -35,7 +95,7 @@ where
 /// the next HTTP/2 preface, so leftovers of a broken connection are skipped.
 /// Never returns.
 pub async fn serve_port(agent: Agent, name: &str) -> ! {
-    const MIN_BACKOFF: Duration = Duration::from_millis(20);
+    const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
     let mut backoff = MIN_BACKOFF;
     loop {

@@ -204,8 +204,14 @@ impl Gcs for Agent {
         tracing::info!(reboot, "shutdown requested");
         let role = self.shared.role;
         tokio::spawn(async move {
-            // Let the response reach the host first.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // Let the response reach the host first: wait until the
+            // connection has been quiet for a moment (bounded).
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            crate::server::wait_for_quiet_writes(
+                Duration::from_millis(100),
+                Duration::from_secs(2),
+            )
+            .await;
             match role {
                 Role::Init => {
                     let _ =
