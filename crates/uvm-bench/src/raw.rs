@@ -31,6 +31,8 @@ pub struct BaselineVm {
 pub struct RawSample {
     /// Spawn of QEMU to the first byte on the host socket.
     pub first_byte: Duration,
+    /// Spawn of QEMU to QEMU connecting the port's chardev (its own start-up).
+    pub connected: Duration,
     /// With a payload: first byte to the last payload byte, and the payload size.
     pub payload: Option<(usize, Duration)>,
 }
@@ -108,6 +110,7 @@ pub async fn raw_run(base: &BaselineVm, payload: Option<usize>) -> Result<RawSam
         b.vm.cmdline = format!("{} uvm.raw_bytes={n}", b.vm.cmdline);
     }
     let (mut run, mut streams, t0) = spawn_with_ports(&b, &[RAW_PORT]).await?;
+    let connected = t0.elapsed();
     let mut s = streams.remove(0);
     let mut byte = [0u8; 1];
     guard(&mut run, "first byte from the raw baseline guest", async {
@@ -145,6 +148,7 @@ pub async fn raw_run(base: &BaselineVm, payload: Option<usize>) -> Result<RawSam
     };
     Ok(RawSample {
         first_byte: first,
+        connected,
         payload,
     })
 }

@@ -42,6 +42,9 @@ pub struct Boot {
     pub baseline_p90_ms: Option<f64>,
     /// median / baseline_median.
     pub ratio: Option<f64>,
+    /// Baseline: QEMU spawn to QEMU connecting its port chardev (QEMU's own
+    /// start-up, part of `baseline_median_ms`).
+    pub baseline_qemu_up: Summary,
 }
 
 impl Boot {
@@ -58,6 +61,7 @@ impl Boot {
             baseline_median_ms: b.median,
             baseline_p90_ms: b.p90,
             ratio: ratio(s.median, b.median),
+            baseline_qemu_up: Summary::default(),
         }
     }
 }
@@ -263,6 +267,15 @@ impl Report {
                 b.start.p90,
                 None,
                 None,
+                None,
+            );
+            let up = &b.baseline_qemu_up;
+            row(
+                "  baseline: QEMU up ms",
+                None,
+                None,
+                up.median,
+                up.p90,
                 None,
             );
         }

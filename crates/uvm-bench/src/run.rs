@@ -113,6 +113,7 @@ async fn boot_section(
     ));
     let base = setup::baseline(&raw_img, &raw_img.initrd, opts, opts.memory_mb);
     let (mut create, mut start, mut baseline, mut term) = (vec![], vec![], vec![], vec![]);
+    let mut connected = vec![];
     for i in 0..opts.runs {
         // ours, then the baseline, alternating.
         let vm = OurVm::boot(
@@ -127,16 +128,14 @@ async fn boot_section(
         term.push(ms(vm.terminate().await?));
         let s: RawSample = raw::raw_run(&base, None).await?;
         baseline.push(ms(s.first_byte));
+        connected.push(ms(s.connected));
     }
     if *kind == KernelKind::Tuned || rep.terminate.is_none() {
         rep.terminate = Some(Latency::of(&term));
     }
-    Ok(Boot::from_samples(
-        &setup::kind_name(kind),
-        &create,
-        &start,
-        &baseline,
-    ))
+    let mut boot = Boot::from_samples(&setup::kind_name(kind), &create, &start, &baseline);
+    boot.baseline_qemu_up = Summary::of(&connected);
+    Ok(boot)
 }
 
 async fn exec_section(
