@@ -42,9 +42,9 @@ pub struct Boot {
     pub baseline_p90_ms: Option<f64>,
     /// median / baseline_median.
     pub ratio: Option<f64>,
-    /// Baseline: QEMU spawn to QEMU connecting its port chardev (QEMU's own
-    /// start-up, part of `baseline_median_ms`).
-    pub baseline_qemu_up: Summary,
+    /// Baseline: QEMU spawn to QEMU connecting its port chardev (early in
+    /// QEMU's start-up; part of `baseline_median_ms`).
+    pub baseline_chardev: Summary,
 }
 
 impl Boot {
@@ -61,7 +61,7 @@ impl Boot {
             baseline_median_ms: b.median,
             baseline_p90_ms: b.p90,
             ratio: ratio(s.median, b.median),
-            baseline_qemu_up: Summary::default(),
+            baseline_chardev: Summary::default(),
         }
     }
 }
@@ -269,9 +269,9 @@ impl Report {
                 None,
                 None,
             );
-            let up = &b.baseline_qemu_up;
+            let up = &b.baseline_chardev;
             row(
-                "  baseline: QEMU up ms",
+                "  baseline: spawn->chardev ms",
                 None,
                 None,
                 up.median,

@@ -134,7 +134,7 @@ async fn boot_section(
         rep.terminate = Some(Latency::of(&term));
     }
     let mut boot = Boot::from_samples(&setup::kind_name(kind), &create, &start, &baseline);
-    boot.baseline_qemu_up = Summary::of(&connected);
+    boot.baseline_chardev = Summary::of(&connected);
     Ok(boot)
 }
 
