@@ -31,8 +31,10 @@ demo: image
 	@echo "+ uvmctl run --stats -- $(DEMO_CMD)"
 	@$(UVMCTL) run --stats -- $(DEMO_CMD)
 
+# Real-VM tests must not skip here; the soak and chaos tests run at full length.
 test: image
-	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+	UVM_REQUIRE_REAL_VM=1 UVM_SOAK_LIFECYCLES=100 UVM_CHAOS_SECS=60 \
+	  $(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 
 bench: image
 	$(UVMCTL) bench --json target/bench.json

@@ -290,11 +290,16 @@ pub async fn wait_console(vm: &QemuVm, needle: &str) -> String {
     }
 }
 
-/// Skips (returns None) with a printed reason when there is no guest kernel.
+/// Skips (returns None) with a printed reason when there is no guest kernel,
+/// or fails when `UVM_REQUIRE_REAL_VM=1` (as `make test` sets it).
 pub fn kernel_or_skip(test: &str) -> Option<PathBuf> {
     let k = kernel();
     if k.is_none() {
-        eprintln!("SKIP {test}: no guest kernel (build guest/kernel or set UVM_TEST_KERNEL)");
+        let why = format!("{test}: no guest kernel (build guest/kernel or set UVM_TEST_KERNEL)");
+        if std::env::var_os("UVM_REQUIRE_REAL_VM").is_some_and(|v| v == "1") {
+            panic!("UVM_REQUIRE_REAL_VM=1 but {why}");
+        }
+        eprintln!("SKIP {why}");
     }
     k
 }
