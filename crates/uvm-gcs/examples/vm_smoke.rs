@@ -158,14 +158,17 @@ async fn main() {
 async fn smoke() {
     let args: Vec<String> = std::env::args().collect();
     let (kernel, initrd) = (&args[1], &args[2]);
-    let machine = args.get(3).map(String::as_str).unwrap_or("microvm");
+    let machine = match args.get(3).map(String::as_str).unwrap_or("microvm") {
+        "microvm" => "microvm,x-option-roms=off",
+        m => m,
+    };
     let mem = args.get(4).map(String::as_str).unwrap_or("512");
     let dir = tempfile::tempdir().unwrap();
     let sock = |n: &str| dir.path().join(format!("{n}.sock"));
     let gcs_l = UnixListener::bind(sock("gcs")).unwrap();
     let log_l = UnixListener::bind(sock("log")).unwrap();
     let ent_l = UnixListener::bind(sock("entropy")).unwrap();
-    let (bus, append_extra) = if machine == "q35" {
+    let (bus, append_extra) = if machine.starts_with("q35") {
         ("virtio-serial-pci", "")
     } else {
         ("virtio-serial-device", " reboot=t")

@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # Boots uvm-gcs as PID 1 in a real QEMU/TCG VM and runs the smoke test
 # (examples/vm_smoke.rs). Usage:
 #   crates/uvm-gcs/scripts/smoke-vm.sh tuned [VMLINUX]   # microvm + PVH vmlinux
@@ -45,10 +45,12 @@ mknod "$r/dev/console" c 5 1 2>/dev/null || true
 (cd "$r" && find . | sort | cpio -o -H newc --quiet) > "$work/initrd.cpio"
 ls -l "$r/init" "$work/initrd.cpio"
 if [ "$mode" = raw ]; then
-    start=$(date +%s%N)
-    qemu-system-x86_64 -M microvm -accel tcg -m 512 -smp 1 -nographic -nodefaults -no-reboot -serial stdio \
-        -kernel "$kernel" -initrd "$work/initrd.cpio" -append "console=ttyS0 panic=-1 quiet reboot=t" </dev/null | head -c 1 >/dev/null
-    echo "raw boot to first byte: $(( ($(date +%s%N) - start) / 1000000 )) ms"
+    for i in 1 2 3; do
+        start=$(date +%s%N)
+        qemu-system-x86_64 -M microvm,x-option-roms=off -accel tcg -m 512 -smp 1 -nographic -nodefaults -no-reboot \
+            -serial stdio -kernel "$kernel" -initrd "$work/initrd.cpio" -append "console=ttyS0 panic=-1 quiet reboot=t" \
+            </dev/null | { while IFS= read -r -n1 c; do [ "$c" = X ] && break; done; echo "raw boot to the init's byte: $(( ($(date +%s%N) - start) / 1000000 )) ms"; cat >/dev/null; }
+    done
     exit 0
 fi
 cargo run -q -p uvm-gcs --example vm_smoke -- "$kernel" "$work/initrd.cpio" $machine 512
