@@ -103,3 +103,79 @@ fn four_in_parallel_then_twenty_in_a_row() {
     }
     sb.assert_clean();
 }
+
+/// Env var that turns this test binary into a probe that tries to connect
+/// to a unix socket (run as another uid by the test below).
+const CONNECT_PROBE: &str = "UVMCTL_TEST_CONNECT_PROBE";
+
+/// Exit code of the probe: 0 connected, 13 permission denied, 1 other error.
+#[test]
+fn connect_probe() {
+    let Some(path) = std::env::var_os(CONNECT_PROBE) else { return };
+    let code = match std::os::unix::net::UnixStream::connect(&path) {
+        Ok(_) => 0,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => 13,
+        Err(e) => {
+            eprintln!("probe: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+/// Runs the probe as uid/gid 65534 (nobody) against `path`.
+fn probe_as_nobody(path: &std::path::Path) -> i32 {
+    use std::os::unix::process::CommandExt;
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "connect_probe", "--nocapture"])
+        .env(CONNECT_PROBE, path)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    out.status.code().unwrap_or(-1)
+}
+
+#[test]
+fn another_uid_cannot_reach_the_vm_sockets() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("another_uid_cannot_reach_the_vm_sockets needs root to switch uid");
+        return;
+    }
+    let sb = Sandbox::new();
+    // Let anyone traverse the test's root so only the VM's own modes protect it.
+    std::fs::set_permissions(sb.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Control: the probe does connect where the modes allow it.
+    let open = sb.path().join("open.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(probe_as_nobody(&open), 0, "the probe cannot connect even to an open socket");
+    drop(_listener);
+    std::fs::remove_file(&open).unwrap();
+    let mut child = start_sleeper(&sb);
+    let dirs = sb.leftover_dirs();
+    assert_eq!(dirs.len(), 1);
+    let vm_dir = &dirs[0];
+    assert_eq!(std::fs::metadata(vm_dir).unwrap().permissions().mode() & 0o777, 0o700);
+    let sockets: Vec<_> = std::fs::read_dir(vm_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+        .collect();
+    assert!(sockets.len() >= 3, "expected qmp/gcs/log sockets, found {sockets:?}");
+    for s in &sockets {
+        assert_eq!(std::fs::metadata(s).unwrap().permissions().mode() & 0o777, 0o600, "{s:?}");
+        assert_eq!(probe_as_nobody(s), 13, "{s:?} reachable through the 0700 dir");
+    }
+    // Even with the directory opened up, each socket's 0600 mode refuses.
+    std::fs::set_permissions(vm_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for s in &sockets {
+        assert_eq!(probe_as_nobody(s), 13, "{s:?} reachable despite mode 0600");
+    }
+    std::fs::set_permissions(vm_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let _ = child.wait();
+    sb.assert_clean();
+}
