@@ -21,10 +21,15 @@ type Client = GcsClient<Channel>;
 /// The gcs stream without `shutdown(SHUT_WR)`: hyper half-closes its IO when a
 /// client is dropped, and QEMU drops a chardev connection on EOF, so a
 /// half-close would end the channel for good.
+/// Once `retired` is set, reads see EOF: a dropped client's connection task
+/// must not keep reading (stealing bytes) from the shared socket.
 struct NoShutdown {
     prefix: Vec<u8>,
     inner: UnixStream,
+    retired: Retired,
 }
+
+type Retired = std::sync::Arc<std::sync::atomic::AtomicBool>;
 
 impl tokio::io::AsyncRead for NoShutdown {
     fn poll_read(
@@ -32,6 +37,9 @@ impl tokio::io::AsyncRead for NoShutdown {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
+        if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(Ok(()));
+        }
         if !self.prefix.is_empty() {
             let n = buf.remaining().min(self.prefix.len());
             buf.put_slice(&self.prefix[..n]);
@@ -64,10 +72,12 @@ impl tokio::io::AsyncWrite for NoShutdown {
     }
 }
 
-async fn client_over(stream: UnixStream, prefix: Vec<u8>) -> Client {
+async fn client_over(stream: UnixStream, prefix: Vec<u8>) -> (Client, Retired) {
+    let retired = Retired::default();
     let stream = NoShutdown {
         prefix,
         inner: stream,
+        retired: retired.clone(),
     };
     let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
     let channel = Endpoint::try_from("http://uvm.invalid")
@@ -81,7 +91,10 @@ async fn client_over(stream: UnixStream, prefix: Vec<u8>) -> Client {
         }))
         .await
         .unwrap();
-    GcsClient::new(channel).max_decoding_message_size(16 << 20)
+    (
+        GcsClient::new(channel).max_decoding_message_size(16 << 20),
+        retired,
+    )
 }
 
 struct Out {
@@ -232,7 +245,7 @@ async fn smoke() {
     // Keep our own handle on the gcs stream so dropping a client does not
     // disconnect QEMU's chardev.
     let keep = gcs.into_std().unwrap();
-    let mut c = client_over(
+    let (mut c, retired) = client_over(
         UnixStream::from_std(keep.try_clone().unwrap()).unwrap(),
         Vec::new(),
     )
@@ -383,6 +396,7 @@ async fn smoke() {
             );
         }
     }
+    retired.store(true, std::sync::atomic::Ordering::SeqCst);
     drop(c);
     // A garbage frame on the gcs channel: the agent must drop that HTTP/2
     // connection, reopen the port and serve a new client on the same stream.
@@ -416,7 +430,7 @@ async fn smoke() {
         "frames from the dead connection (type, flags, len): {:?}",
         &seen[..seen.len() - 1]
     );
-    let mut c = client_over(
+    let (mut c, _retired) = client_over(
         UnixStream::from_std(keep.try_clone().unwrap()).unwrap(),
         settings,
     )
