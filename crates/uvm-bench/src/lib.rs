@@ -89,7 +89,8 @@ pub struct BenchOptions {
     pub quick: bool,
     /// Iterations per interleaved measurement.
     pub runs: usize,
-    /// Kernels for the boot benchmark (the first one is used for the rest).
+    /// Kernels for the boot benchmark; the other benchmarks use the tuned
+    /// kernel when listed, else the first.
     pub kernels: Vec<KernelKind>,
     /// Concurrent VM counts for the density benchmark.
     pub density_counts: Vec<usize>,
