@@ -57,9 +57,12 @@ pub enum BenchError {
     /// A peer spoke something unexpected.
     #[error("protocol: {0}")]
     Protocol(String),
-    /// A baseline image could not be built.
+    /// The qemu-guest-agent peer image lacks an input (binary, library).
     #[error("image: {0}")]
     Image(String),
+    /// uvm-image could not provide an image.
+    #[error("image")]
+    ImageBuild(#[from] uvm_image::Error),
     /// The controller under test failed.
     #[error("controller {what} failed")]
     Controller {

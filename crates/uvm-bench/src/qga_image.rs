@@ -79,7 +79,7 @@ pub fn build(out: &Path) -> Result<(), BenchError> {
     let qga = read(Path::new(QGA_BIN)).map_err(|_| missing(QGA_BIN, "qemu-guest-agent"))?;
     let busybox = read(Path::new(BUSYBOX)).map_err(|_| missing(BUSYBOX, "busybox-static"))?;
     let mut a = Archive::new();
-    let img = |e: uvm_image::Error| BenchError::Image(e.to_string());
+    let img = BenchError::ImageBuild;
     for d in ["/proc", "/sys", "/dev", "/run", "/tmp", "/var/run", "/etc"] {
         a.dir(d, 0o755).map_err(img)?;
     }

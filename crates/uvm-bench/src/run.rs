@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use uvm_image::Image;
 
 fn img<T>(r: uvm_image::Result<T>) -> Result<T, BenchError> {
-    r.map_err(|e| BenchError::Image(e.to_string()))
+    r.map_err(BenchError::ImageBuild)
 }
 
 fn loadavg() -> String {

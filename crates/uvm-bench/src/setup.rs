@@ -17,8 +17,7 @@ pub fn kind_name(kind: &KernelKind) -> String {
 
 /// The raw baseline image for `kind` (built and cached by uvm-image).
 pub fn raw_image(kind: &KernelKind) -> Result<Image, BenchError> {
-    uvm_image::raw_baseline_image(kind, &|m| tracing::info!("{m}"))
-        .map_err(|e| BenchError::Image(e.to_string()))
+    uvm_image::raw_baseline_image(kind, &|m| tracing::info!("{m}")).map_err(BenchError::ImageBuild)
 }
 
 /// A baseline VM template: `image`'s kernel, machine and cmdline with `initrd`.
