@@ -63,7 +63,7 @@ fn sample() -> (Instant, u64) {
         let tsc = rdtsc();
         let t1 = Instant::now();
         let width = t1 - t0;
-        if best.map_or(true, |(w, _, _)| width < w) {
+        if best.is_none_or(|(w, _, _)| width < w) {
             best = Some((width, t0 + width / 2, tsc));
         }
     }

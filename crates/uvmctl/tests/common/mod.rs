@@ -128,10 +128,9 @@ pub fn qemu_pids_mentioning(path: &Path) -> Vec<u32> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system") {
-            if cmdline.contains(&needle) {
-                pids.push(pid);
-            }
+        let is_qemu = cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system");
+        if is_qemu && cmdline.contains(&needle) {
+            pids.push(pid);
         }
     }
     pids
