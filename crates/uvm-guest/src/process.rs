@@ -17,6 +17,10 @@ use crate::{Guest, GuestError};
 /// Depth of every stdio channel (messages, each up to the agent's chunk size).
 const CHANNEL_DEPTH: usize = 16;
 
+/// Largest stdin chunk sent in one message: the agent's own output chunk
+/// size, far below the gRPC message limit, so any write is split.
+pub const MAX_STDIN_CHUNK: usize = 64 << 10;
+
 /// What to run in the guest.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProcessSpec {
@@ -121,12 +125,15 @@ impl ProcessStdin {
             .tx
             .get_ref()
             .ok_or(GuestError::Protocol("stdin closed"))?;
-        let msg = gcs::ExecInput {
-            msg: Some(exec_input::Msg::Stdin(data.to_vec())),
-        };
-        tx.send(msg)
-            .await
-            .map_err(|_| GuestError::Protocol("process already exited"))
+        for chunk in data.chunks(MAX_STDIN_CHUNK) {
+            let msg = gcs::ExecInput {
+                msg: Some(exec_input::Msg::Stdin(chunk.to_vec())),
+            };
+            tx.send(msg)
+                .await
+                .map_err(|_| GuestError::Protocol("process already exited"))?;
+        }
+        Ok(())
     }
 
     /// Closes the guest side (EOF for the process).
@@ -169,11 +176,12 @@ impl AsyncWrite for ProcessStdin {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         ready!(this.tx.poll_reserve(cx)).map_err(|_| closed_pipe())?;
+        let n = buf.len().min(MAX_STDIN_CHUNK);
         let msg = gcs::ExecInput {
-            msg: Some(exec_input::Msg::Stdin(buf.to_vec())),
+            msg: Some(exec_input::Msg::Stdin(buf[..n].to_vec())),
         };
         this.tx.send_item(msg).map_err(|_| closed_pipe())?;
-        Poll::Ready(Ok(buf.len()))
+        Poll::Ready(Ok(n))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -363,5 +371,37 @@ async fn forward(tx: &mut Option<mpsc::Sender<Bytes>>, b: Bytes) {
             // Reader gone: discard the rest of this stream.
             *tx = None;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn large_writes_are_split_into_bounded_messages() {
+        let (tx, mut rx) = mpsc::channel(CHANNEL_DEPTH);
+        let mut stdin = ProcessStdin {
+            tx: PollSender::new(tx),
+        };
+        let data = vec![7u8; 10 << 20];
+        let reader = tokio::spawn(async move {
+            let (mut total, mut largest) = (0, 0);
+            while let Some(m) = rx.recv().await {
+                if let Some(exec_input::Msg::Stdin(b)) = m.msg {
+                    total += b.len();
+                    largest = largest.max(b.len());
+                }
+            }
+            (total, largest)
+        });
+        stdin.write_all(&data).await.unwrap();
+        stdin.send(Bytes::from(vec![1u8; 200 << 10])).await.unwrap();
+        stdin.shutdown().await.unwrap();
+        drop(stdin);
+        let (total, largest) = reader.await.unwrap();
+        assert_eq!(total, (10 << 20) + (200 << 10));
+        assert!(largest <= MAX_STDIN_CHUNK, "a {largest}-byte stdin message");
     }
 }

@@ -1,0 +1,247 @@
+//! The agent as PID 1 in a real VM, driven through the controller: bulk
+//! stdio, stacks, stats, orphan reaping, and both kernels (issue 2).
+
+mod common;
+
+use std::time::Duration;
+
+use common::real::{req, VmGuard};
+use rand::RngCore;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use uvm::Controller;
+use uvm_guest::{ExitOutcome, ProcessSpec};
+
+fn spec(args: &[&str]) -> ProcessSpec {
+    ProcessSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+/// Runs `sh -c script` and returns (stdout, exit outcome).
+async fn sh(vm: &VmGuard, script: &str) -> (String, ExitOutcome) {
+    let guest = vm.mgr.guest().unwrap();
+    let mut p = guest.spawn(spec(&["sh", "-c", script])).await.unwrap();
+    drop(p.stdin.take());
+    let mut out = String::new();
+    p.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    (out, p.wait().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_ten_mib_of_random_bytes_through_cat_byte_exact() {
+    let Some(vm) = VmGuard::boot(256).await else {
+        return;
+    };
+    let guest = vm.mgr.guest().unwrap();
+    let mut data = vec![0u8; 10 << 20];
+    rand::thread_rng().fill_bytes(&mut data);
+    let mut p = guest.spawn(spec(&["cat"])).await.unwrap();
+    let mut stdin = p.stdin.take().unwrap();
+    let mut stdout = p.stdout.take().unwrap();
+    let mut stderr = p.stderr.take().unwrap();
+    let input = data.clone();
+    let writer = tokio::spawn(async move {
+        stdin.write_all(&input).await.unwrap();
+        stdin.shutdown().await.unwrap();
+    });
+    let err_reader = tokio::spawn(async move {
+        let mut e = Vec::new();
+        stderr.read_to_end(&mut e).await.unwrap();
+        e
+    });
+    let mut got = Vec::with_capacity(data.len());
+    tokio::time::timeout(Duration::from_secs(300), stdout.read_to_end(&mut got))
+        .await
+        .expect("cat output bounded")
+        .unwrap();
+    writer.await.unwrap();
+    assert_eq!(p.wait().await.unwrap(), ExitOutcome::Code(0));
+    assert!(err_reader.await.unwrap().is_empty(), "nothing on stderr");
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "bytes differ");
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_stdout_and_stderr_kept_apart() {
+    let Some(vm) = VmGuard::boot(256).await else {
+        return;
+    };
+    let guest = vm.mgr.guest().unwrap();
+    let mut p = guest
+        .spawn(spec(&[
+            "sh",
+            "-c",
+            "for i in 1 2 3; do echo out$i; echo err$i >&2; done; exit 7",
+        ]))
+        .await
+        .unwrap();
+    drop(p.stdin.take());
+    let (mut o, mut e) = (String::new(), String::new());
+    let mut err = p.stderr.take().unwrap();
+    let err_task = tokio::spawn(async move {
+        err.read_to_string(&mut e).await.unwrap();
+        e
+    });
+    p.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut o)
+        .await
+        .unwrap();
+    assert_eq!(o, "out1\nout2\nout3\n");
+    assert_eq!(err_task.await.unwrap(), "err1\nerr2\nerr3\n");
+    assert_eq!(p.wait().await.unwrap(), ExitOutcome::Code(7));
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_dump_during_a_long_exec_names_the_exec_handler() {
+    let Some(vm) = VmGuard::boot(256).await else {
+        return;
+    };
+    let guest = vm.mgr.guest().unwrap();
+    let mut p = guest.spawn(spec(&["sleep", "30"])).await.unwrap();
+    let dump = vm.mgr.dump_stacks().await.unwrap();
+    assert!(
+        dump.to_lowercase().contains("exec [sleep 30]"),
+        "no exec handler in the dump:\n{dump}"
+    );
+    assert!(
+        dump.contains("uvm_gcs::exec"),
+        "no symbolized exec frame:\n{dump}"
+    );
+    assert!(dump.contains("in-flight"), "{dump}");
+    // Kernel stacks of guest tasks are part of it too (the sleeping child).
+    assert!(dump.contains("sleep"), "{dump}");
+    p.signal(9).await.unwrap();
+    assert_eq!(p.wait().await.unwrap(), ExitOutcome::Signal(9));
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_guest_stats_are_plausible() {
+    let mem_mb = 256u64;
+    let Some(vm) = VmGuard::boot(mem_mb).await else {
+        return;
+    };
+    let guest = vm.mgr.guest().unwrap();
+    let s = guest.stats(Duration::from_secs(10)).await.unwrap();
+    let configured = mem_mb << 20;
+    let lo = configured * 85 / 100; // the kernel keeps its own image and reserved pages
+    assert!(
+        (lo..=configured).contains(&s.mem_total_bytes),
+        "MemTotal {} not within the configured {configured}",
+        s.mem_total_bytes
+    );
+    assert!(s.mem_available_bytes > 0 && s.mem_available_bytes <= s.mem_total_bytes);
+    assert!(s.process_count >= 1);
+    assert!(s.uptime_ns > 0);
+    assert_eq!(s.online_cpus, 1);
+    let vm_stats = vm.mgr.stats().await.unwrap();
+    let vmm = vm_stats.memory.unwrap().vm_memory.unwrap();
+    assert_eq!(vmm.assigned_memory, configured);
+    assert!(
+        vmm.available_memory > 0,
+        "guest-reported available memory (MiB)"
+    );
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_orphans_are_reaped_and_exit_statuses_are_not_stolen() {
+    let Some(vm) = VmGuard::boot(256).await else {
+        return;
+    };
+    // 100 short-lived orphans: their parent shell exits at once, PID 1 inherits them.
+    let (_, o) = sh(&vm, "for i in $(seq 100); do (sleep 0.05 &) ; done").await;
+    assert_eq!(o, ExitOutcome::Code(0));
+    // Meanwhile exec'd processes still get their own statuses.
+    let codes = futures::future::join_all((0..8).map(|i| {
+        let mgr = vm.mgr.clone();
+        async move {
+            mgr.exec_into_host(req(&["sh", "-c", &format!("sleep 0.2; exit {i}")]))
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(codes, (0..8).collect::<Vec<i32>>());
+    // Once the orphans are done, none is left as a zombie.
+    let mut zombies = String::new();
+    for _ in 0..50 {
+        let (out, _) = sh(
+            &vm,
+            "cat /proc/[0-9]*/stat 2>/dev/null | awk '$3 == \"Z\"' | wc -l",
+        )
+        .await;
+        zombies = out.trim().to_owned();
+        if zombies == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(zombies, "0", "zombies left in the guest");
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_stock_kernel_boots_and_runs_commands() {
+    use uvm::{CreateOptions, Manager, StartOptions, State};
+    let _serial = common::real::SERIAL.lock().await;
+    let img = match tokio::task::spawn_blocking(|| {
+        uvm_image::ensure_image(&uvm_image::KernelKind::Stock, &|p| eprintln!("image: {p}"))
+    })
+    .await
+    .unwrap()
+    {
+        Ok(img) => img,
+        Err(e) => return common::real::skip(format!("stock image: {e}")).unwrap_or(()),
+    };
+    assert_eq!(img.machine, uvm_image::MachineHint::Q35);
+    let root = tempfile::tempdir().unwrap();
+    std::env::set_var("UVM_RUNTIME_DIR", root.path());
+    let doc = uvm_schema::LcowDocumentBuilder::new(&img.kernel, &img.initrd)
+        .memory_mb(256)
+        .processors(1)
+        .cmdline(img.cmdline.clone())
+        .build();
+    let mgr = Manager::new().with_gcs_timeout(Duration::from_secs(120));
+    mgr.create_vm(CreateOptions {
+        id: format!("stock-{}", std::process::id()),
+        document: doc,
+    })
+    .await
+    .unwrap();
+    let pid = mgr.utility_vm().and_then(|v| v.pid());
+    let started = mgr.start_vm(StartOptions::default()).await;
+    if let Err(e) = started {
+        let _ = mgr.terminate_vm().await;
+        panic!("stock kernel start: {e}: {}", common::real::chain(&e));
+    }
+    let guest = mgr.guest().unwrap();
+    let mut p = guest.spawn(spec(&["uname", "-r"])).await.unwrap();
+    drop(p.stdin.take());
+    let mut out = String::new();
+    p.stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    assert_eq!(p.wait().await.unwrap(), ExitOutcome::Code(0));
+    assert_eq!(
+        Some(out.trim()),
+        img.release.as_deref(),
+        "guest runs the stock kernel"
+    );
+    mgr.terminate_vm().await.unwrap();
+    assert_eq!(mgr.state(), State::Terminated);
+    common::real::assert_nothing_left(root.path(), pid);
+}
