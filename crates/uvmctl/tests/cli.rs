@@ -126,3 +126,24 @@ fn timeout_terminates_the_vm() {
     assert!(stderr(&out).contains("timed out"), "stderr: {}", stderr(&out));
     sb.assert_clean();
 }
+
+#[test]
+fn no_command_on_a_terminal_gives_an_interactive_shell() {
+    // `script` (util-linux) gives uvmctl a pseudo-terminal as its stdin/stdout.
+    let sb = Sandbox::new();
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &format!("{} run", common::uvmctl_bin()), "/dev/null"])
+        .env("UVM_RUNTIME_DIR", sb.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"echo hello-$((40+2))\nexit 5\n").unwrap();
+    let out = common::wait_output(child, std::time::Duration::from_secs(120));
+    let text = stdout(&out).replace('\r', "");
+    assert!(text.contains("hello-42"), "shell output: {text:?}");
+    assert_eq!(code(&out), 5, "stderr: {}", stderr(&out));
+    sb.assert_clean();
+}
