@@ -150,8 +150,23 @@ impl Guest {
         Ok(())
     }
 
-    /// The `Negotiate` handshake with the initial state from `options`.
+    /// The `Negotiate` handshake with the initial state from `options`,
+    /// bounded by the RPC timeout.
     pub async fn negotiate(&self, options: &[ConfigOption]) -> Result<Negotiated, GuestError> {
+        self.negotiate_within(options, self.rpc_timeout).await
+    }
+
+    /// [`Guest::negotiate`] bounded by `timeout` instead of the RPC timeout.
+    ///
+    /// The first RPC on a fresh connection is the one that waits for the
+    /// agent to come up (a QEMU chardev is connected long before the guest
+    /// opens its port), so the caller bounds it by what is left of its boot
+    /// budget rather than by the per-RPC timeout.
+    pub async fn negotiate_within(
+        &self,
+        options: &[ConfigOption],
+        timeout: Duration,
+    ) -> Result<Negotiated, GuestError> {
         let min = uvm_proto::PROTOCOL_VERSION;
         let max = uvm_proto::PROTOCOL_VERSION;
         let req = gcs::NegotiateRequest {
@@ -160,7 +175,7 @@ impl Guest {
             initial_state: Some(initial_state(options)),
         };
         let resp = self
-            .call("negotiate", self.rpc_timeout, |mut c| async move {
+            .call("negotiate", timeout, |mut c| async move {
                 c.negotiate(req).await
             })
             .await?;

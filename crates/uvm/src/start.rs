@@ -156,7 +156,12 @@ impl Inner {
         })
         .await?;
         let started = vm.started_time().unwrap_or_else(SystemTime::now);
+        // One budget for connect + Negotiate: QEMU connects the GCS chardev
+        // at spawn, so `connect` returns at once and the first RPC is what
+        // waits for the guest to boot. It gets what is left of gcs_timeout,
+        // not the per-RPC rpc_timeout (a loaded host boots slower than that).
         let timeout = self.config.gcs_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let handshake = async {
             guest.connect(timeout).await.map_err(|e| match e {
                 GuestError::Timeout { .. } => Error::Timeout {
@@ -165,10 +170,17 @@ impl Inner {
                 },
                 e => Error::guest("GCS connect", e),
             })?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             guest
-                .negotiate(&opts.config_options)
+                .negotiate_within(&opts.config_options, left)
                 .await
-                .map_err(|e| Error::guest("negotiate", e))
+                .map_err(|e| match e {
+                    GuestError::Timeout { .. } => Error::Timeout {
+                        op: "GCS connect and negotiate",
+                        timeout,
+                    },
+                    e => Error::guest("negotiate", e),
+                })
         };
         let bounded = async {
             tokio::time::timeout(timeout, handshake)

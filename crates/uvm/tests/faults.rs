@@ -181,3 +181,74 @@ async fn hundred_lifecycles_keep_fds_flat() {
     let after = open_fds();
     assert!(after <= before + 4, "fds grew: {before} -> {after}");
 }
+
+/// D1: QEMU connects the GCS chardev as soon as it runs, so the first
+/// `Negotiate` is what waits for the guest to boot. That wait is bounded by
+/// `gcs_timeout`, not by the per-RPC `rpc_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_boot_within_gcs_timeout_starts_even_past_rpc_timeout() {
+    let faults = Faults {
+        gcs_connects_at_start: true,
+        boot_delay: Duration::from_millis(900),
+        ..Default::default()
+    };
+    let config = ManagerConfig {
+        gcs_timeout: Duration::from_secs(20),
+        rpc_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let e = env_with(faults, config);
+    e.create().await;
+    e.mgr
+        .start_vm(StartOptions::default())
+        .await
+        .expect("a boot shorter than gcs_timeout must start");
+    assert_eq!(e.mgr.state(), State::Running);
+    // Later RPCs are still bounded by rpc_timeout (the fake answers at once).
+    e.mgr.stats().await.unwrap();
+    e.finish().await;
+}
+
+/// D1: the agent connected but answers `Negotiate` late (a slow agent init).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_negotiate_within_gcs_timeout_starts() {
+    let mut faults = Faults::default();
+    faults.gcs.negotiate_delay = Duration::from_millis(900);
+    let config = ManagerConfig {
+        gcs_timeout: Duration::from_secs(20),
+        rpc_timeout: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let e = env_with(faults, config);
+    e.run().await;
+    e.finish().await;
+}
+
+/// D1: a guest slower than `gcs_timeout` fails the start with a Timeout that
+/// names the GCS and carries `gcs_timeout` (not `rpc_timeout`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_past_gcs_timeout_is_a_gcs_timeout() {
+    let faults = Faults {
+        gcs_connects_at_start: true,
+        boot_delay: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let gcs_timeout = Duration::from_millis(700);
+    let config = ManagerConfig {
+        gcs_timeout,
+        rpc_timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let e = env_with(faults, config);
+    e.create().await;
+    let err = e.mgr.start_vm(StartOptions::default()).await.unwrap_err();
+    match &err {
+        Error::Timeout { op, timeout } => {
+            assert!(op.contains("GCS"), "{err}");
+            assert_eq!(*timeout, gcs_timeout, "{err}");
+        }
+        other => panic!("expected a GCS timeout, got {other:?}"),
+    }
+    assert_eq!(e.mgr.state(), State::Invalid);
+    e.finish().await;
+}

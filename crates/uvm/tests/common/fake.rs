@@ -28,6 +28,10 @@ pub struct Faults {
     pub close_fails: usize,
     /// The fake guest waits this long after start before connecting.
     pub boot_delay: Duration,
+    /// The GCS socket is connected as soon as the VM starts (QEMU's chardev
+    /// client connects at spawn), but nothing answers on it before
+    /// `boot_delay` has passed (the agent is still booting).
+    pub gcs_connects_at_start: bool,
     /// The agent connects the GCS channel and hangs up at once (a crash).
     pub gcs_hangup: bool,
     /// The fake guest reconnects its log stream once (WCOW agents do).
@@ -169,6 +173,11 @@ impl FakeVm {
     async fn run_guest(self: Arc<Self>) {
         let f = lock(&self.shared_faults).clone();
         let stop = self.guest_stop.clone();
+        let gcs_path = self.paths.get("gcs").cloned().expect("gcs channel");
+        let mut early_gcs = None;
+        if f.gcs_connects_at_start && !f.guest_never_connects {
+            early_gcs = UnixStream::connect(&gcs_path).await.ok();
+        }
         tokio::select! {
             _ = tokio::time::sleep(f.boot_delay) => {}
             _ = stop.cancelled() => return,
@@ -207,14 +216,17 @@ impl FakeVm {
                 stop2.cancelled().await;
             }
         };
-        let gcs_path = self.paths.get("gcs").cloned().expect("gcs channel");
         let gcs = self.gcs.clone();
         let stop3 = stop.clone();
         let serve = async move {
             if f.guest_never_connects {
                 return;
             }
-            if let Ok(s) = UnixStream::connect(gcs_path).await {
+            let stream = match early_gcs {
+                Some(s) => Ok(s),
+                None => UnixStream::connect(gcs_path).await,
+            };
+            if let Ok(s) = stream {
                 if f.gcs_hangup {
                     drop(s);
                     return;
