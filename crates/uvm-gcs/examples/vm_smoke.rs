@@ -3,7 +3,9 @@
 //! runs a smoke test: negotiate, exec, exit codes, signals, 10 MiB through
 //! `cat`, a TTY, stats, a dump, orphans, a garbage frame, shutdown.
 //!
-//! `vm_smoke KERNEL INITRD [microvm|q35] [MEM_MB]`; QEMU flags: `-accel tcg`.
+//! `vm_smoke KERNEL INITRD [microvm|q35] [MEM_MB]`; QEMU flags: `-accel tcg`;
+//! `SMOKE_APPEND` adds kernel parameters, `SMOKE_LOGS`/`SMOKE_DUMP` print the
+//! guest's log lines / the stack dump.
 //! See `scripts/smoke-vm.sh`.
 
 use std::process::Stdio;
@@ -203,7 +205,10 @@ async fn smoke() {
     .args(["-serial", "stdio", "-kernel", kernel, "-initrd", initrd])
     .args([
         "-append",
-        &format!("console=ttyS0 panic=-1 quiet uvm.id=smoke-vm uvm.log_level=debug{append_extra}"),
+        &format!(
+            "console=ttyS0 panic=-1 quiet uvm.id=smoke-vm uvm.log_level=debug{append_extra} {}",
+            std::env::var("SMOKE_APPEND").unwrap_or_default()
+        ),
     ])
     .args(["-device", bus]);
     for (n, port) in [

@@ -45,10 +45,10 @@ mknod "$r/dev/console" c 5 1 2>/dev/null || true
 (cd "$r" && find . | sort | cpio -o -H newc --quiet) > "$work/initrd.cpio"
 ls -l "$r/init" "$work/initrd.cpio"
 if [ "$mode" = raw ]; then
-    for i in 1 2 3; do
+    for i in 1 2 3 4 5; do
         start=$(date +%s%N)
-        qemu-system-x86_64 -M microvm,x-option-roms=off -accel tcg -m 512 -smp 1 -nographic -nodefaults -no-reboot \
-            -serial stdio -kernel "$kernel" -initrd "$work/initrd.cpio" -append "console=ttyS0 panic=-1 quiet reboot=t" \
+        timeout 20 qemu-system-x86_64 -M microvm,x-option-roms=off -accel tcg -m 512 -smp 1 -nographic -nodefaults -no-reboot \
+            -serial stdio -kernel "$kernel" -initrd "$work/initrd.cpio" -append "console=ttyS0 panic=-1 quiet reboot=t ${SMOKE_APPEND:-}" \
             </dev/null | { while IFS= read -r -n1 c; do [ "$c" = X ] && break; done; echo "raw boot to the init's byte: $(( ($(date +%s%N) - start) / 1000000 )) ms"; cat >/dev/null; }
     done
     exit 0
