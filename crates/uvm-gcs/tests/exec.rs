@@ -215,3 +215,32 @@ async fn grandchild_holding_stdout_does_not_hang_exec() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn resize_reaches_the_terminal() {
+    let server = Server::start();
+    let mut c = server.client().await;
+    let mut s = spec(&["sh", "-c", "sleep 0.5; stty size"]);
+    s.terminal = true;
+    let (tx, mut out) = open(&mut c, s).await.unwrap();
+    let resize = WindowSize {
+        rows: 40,
+        cols: 120,
+    };
+    tx.send(ExecInput {
+        msg: Some(exec_input::Msg::Resize(resize)),
+    })
+    .await
+    .unwrap();
+    let mut text = Vec::new();
+    while let Some(m) = out.message().await.unwrap() {
+        if let Some(exec_output::Msg::Stdout(d)) = m.msg {
+            text.extend(d);
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&text).contains("40 120"),
+        "{:?}",
+        String::from_utf8_lossy(&text)
+    );
+}

@@ -198,3 +198,19 @@ async fn garbage_on_the_transport_does_not_kill_the_agent() {
     let mut c = server.client().await;
     assert!(c.stats(StatsRequest {}).await.is_ok());
 }
+
+#[tokio::test]
+async fn shutdown_answers_then_stops_the_agent() {
+    let mut server = Server::start();
+    let mut c = server.client().await;
+    c.shutdown(uvm_proto::gcs::ShutdownRequest { mode: 0 })
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if !server.alive() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("agent still running after Shutdown");
+}
