@@ -111,6 +111,49 @@ pub async fn supports_sandbox(binary: &Path, sandbox_arg: &str) -> bool {
     matches!(r, Ok(Ok(s)) if s.success())
 }
 
+/// What probing a QEMU binary found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BinaryProbe {
+    /// `major.minor.micro` from `--version`.
+    pub version: (u32, u32, u32),
+    /// Whether it accepts our `-sandbox` settings.
+    pub sandbox: bool,
+}
+
+/// Identity of a binary for the probe cache: its path plus size and mtime,
+/// so a binary replaced in place (an upgrade) is probed again.
+type ProbeKey = (PathBuf, Option<(u64, std::time::SystemTime)>);
+
+/// [`check_version`] + [`supports_sandbox`], run once per binary per process.
+///
+/// Each probe spawns QEMU (~50 ms each under load), and every
+/// `Manager::new()` builds a fresh backend, so without this cache each VM's
+/// create paid for two extra QEMU runs. Failures are not cached.
+pub async fn probe_binary(binary: &Path, sandbox_arg: &str) -> Result<BinaryProbe, VmmError> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Cell = Arc<tokio::sync::OnceCell<BinaryProbe>>;
+    static CACHE: OnceLock<Mutex<HashMap<(ProbeKey, String), Cell>>> = OnceLock::new();
+    let meta = std::fs::metadata(binary)
+        .ok()
+        .and_then(|m| Some((m.len(), m.modified().ok()?)));
+    let key = ((binary.to_path_buf(), meta), sandbox_arg.to_string());
+    let cell = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_default()
+        .clone();
+    cell.get_or_try_init(|| async {
+        let version = check_version(binary).await?;
+        let sandbox = supports_sandbox(binary, sandbox_arg).await;
+        Ok(BinaryProbe { version, sandbox })
+    })
+    .await
+    .copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,5 +176,54 @@ mod tests {
         assert!(e.to_string().contains("/nonexistent/qemu"));
         let e = find_qemu(Some(Path::new("no-such-qemu-binary"))).unwrap_err();
         assert!(matches!(e, VmmError::HypervisorNotFound { .. }), "{e}");
+    }
+
+    /// A fake QEMU that logs each invocation to `log`.
+    fn counting_qemu(dir: &Path) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let log = dir.join("calls");
+        let bin = dir.join("fake-qemu");
+        std::fs::write(
+            &bin,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> '{}'\necho 'QEMU emulator version 7.2.0'\n",
+                log.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (bin, log)
+    }
+
+    fn calls(log: &Path) -> usize {
+        std::fs::read_to_string(log).map(|s| s.lines().count()).unwrap_or(0)
+    }
+
+    /// B1: each `Manager::new()` builds a fresh `QemuHypervisor`; the version
+    /// and `-sandbox` probes of a binary run once per process, not per backend.
+    #[tokio::test]
+    async fn probe_runs_once_per_binary_per_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, log) = counting_qemu(dir.path());
+        for _ in 0..3 {
+            let hv = crate::QemuHypervisor::with_config(crate::QemuConfig {
+                binary: Some(bin.clone()),
+                accel: Some(crate::Accel::Tcg),
+                ..Default::default()
+            });
+            hv.probe().await.unwrap();
+        }
+        assert_eq!(calls(&log), 2, "one --version and one -sandbox probe");
+        // A different binary is probed on its own.
+        let dir2 = tempfile::tempdir().unwrap();
+        let (bin2, log2) = counting_qemu(dir2.path());
+        let hv = crate::QemuHypervisor::with_config(crate::QemuConfig {
+            binary: Some(bin2),
+            accel: Some(crate::Accel::Tcg),
+            ..Default::default()
+        });
+        hv.probe().await.unwrap();
+        assert_eq!(calls(&log2), 2);
+        assert_eq!(calls(&log), 2);
     }
 }

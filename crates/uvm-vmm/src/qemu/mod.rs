@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, watch};
 use uvm_schema::ComputeSystem;
 
 pub use accel::{choose_accel, cpu_has_virt, detect_accel, Accel};
-pub use binary::{find_qemu, parse_version, MIN_VERSION, QEMU_BINARY};
+pub use binary::{find_qemu, parse_version, probe_binary, BinaryProbe, MIN_VERSION, QEMU_BINARY};
 pub use cmdline::{
     detect_disk_format, detect_kernel_format, ChannelPort, Disk, DiskFormat, KernelFormat, Machine,
     QemuCommand, SerialBackend, SerialPort, Share, SANDBOX,
@@ -74,7 +74,7 @@ impl Default for QemuConfig {
 }
 
 #[derive(Debug, Clone)]
-struct Probe {
+pub(crate) struct Probe {
     binary: PathBuf,
     sandbox: bool,
     accel: Accel,
@@ -120,12 +120,12 @@ impl QemuHypervisor {
             .unwrap_or_else(default_runtime_root)
     }
 
-    async fn probe(&self) -> Result<&Probe, VmmError> {
+    pub(crate) async fn probe(&self) -> Result<&Probe, VmmError> {
         self.probe
             .get_or_try_init(|| async {
                 let binary = find_qemu(self.config.binary.as_deref())?;
-                let version = binary::check_version(&binary).await?;
-                let sandbox = binary::supports_sandbox(&binary, SANDBOX).await;
+                let binary::BinaryProbe { version, sandbox } =
+                    binary::probe_binary(&binary, SANDBOX).await?;
                 if !sandbox {
                     tracing::debug!(binary = %binary.display(), "QEMU lacks -sandbox (seccomp); running without it");
                 }
