@@ -124,7 +124,7 @@ pub struct BinaryProbe {
 /// so a binary replaced in place (an upgrade) is probed again.
 type ProbeKey = (PathBuf, Option<(u64, std::time::SystemTime)>);
 
-/// [`check_version`] + [`supports_sandbox`], run once per binary per process.
+/// `check_version` + `supports_sandbox`, run once per binary per process.
 ///
 /// Each probe spawns QEMU (~50 ms each under load), and every
 /// `Manager::new()` builds a fresh backend, so without this cache each VM's
