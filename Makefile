@@ -5,7 +5,7 @@
 
 CARGO        ?= cargo
 AGENT_TARGET := x86_64-unknown-linux-gnu
-AGENT        := target/$(AGENT_TARGET)/release/uvm-gcs
+AGENT        := target/$(AGENT_TARGET)/agent/uvm-gcs
 UVMCTL       := target/release/uvmctl
 DEMO_CMD     ?= uname -a
 
@@ -18,7 +18,7 @@ deps:
 
 # The agent runs as PID 1 in the guest: a static binary.
 agent:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p uvm-gcs --target $(AGENT_TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile agent -p uvm-gcs --target $(AGENT_TARGET)
 
 build: agent
 	$(CARGO) build --release -p uvmctl

@@ -69,7 +69,7 @@ pub enum Error {
         release: String,
     },
     /// The agent binary was not found.
-    #[error("guest agent uvm-gcs not found (tried: {}); fix: RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p uvm-gcs --target x86_64-unknown-linux-gnu, or set UVM_AGENT", list(.tried))]
+    #[error("guest agent uvm-gcs not found (tried: {}); fix: `make agent` (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile agent -p uvm-gcs --target x86_64-unknown-linux-gnu), or set UVM_AGENT", list(.tried))]
     AgentNotFound {
         /// Every path tried, in order.
         tried: Vec<PathBuf>,

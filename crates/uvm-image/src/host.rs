@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-const AGENT_FIX: &str = "build it with RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release -p uvm-gcs --target x86_64-unknown-linux-gnu";
+const AGENT_FIX: &str = "build it with `make agent` (RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --profile agent -p uvm-gcs --target x86_64-unknown-linux-gnu)";
 const BUSYBOX_FIX: &str = "apt-get install busybox-static";
 const TARGET_TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
 /// Finds the guest agent `uvm-gcs`: `$UVM_AGENT` if set, else `uvm-gcs` next
 /// to the current executable (or its parent directory, for test binaries in
-/// `target/*/deps`), else `<workspace>/target/x86_64-unknown-linux-gnu/{release,debug}/uvm-gcs`
+/// `target/*/deps`), else `<workspace>/target/x86_64-unknown-linux-gnu/{agent,release,debug}/uvm-gcs`
 /// (also under `$CARGO_TARGET_DIR`). The binary must be a static ELF.
 pub fn locate_agent() -> Result<PathBuf> {
     let mut tried = Vec::new();
@@ -34,7 +34,7 @@ pub fn locate_agent() -> Result<PathBuf> {
     }
     roots.push(workspace_root().join("target"));
     for root in roots {
-        for profile in ["release", "debug"] {
+        for profile in ["agent", "release", "debug"] {
             tried.push(root.join(TARGET_TRIPLE).join(profile).join("uvm-gcs"));
         }
     }
@@ -173,7 +173,7 @@ mod tests {
         .to_string();
         assert!(
             err.contains("/a/uvm-gcs, /b/uvm-gcs")
-                && err.contains("cargo build --release -p uvm-gcs"),
+                && err.contains("cargo build --profile agent -p uvm-gcs"),
             "{err}"
         );
     }

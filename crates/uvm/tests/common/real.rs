@@ -2,7 +2,7 @@
 //! that terminates its VM on drop (even on panic) and checks nothing is left.
 //!
 //! Prerequisites: `qemu-system-x86_64`, a static `uvm-gcs`
-//! (`RUSTFLAGS="-C target-feature=+crt-static" cargo build --release -p uvm-gcs
+//! (`RUSTFLAGS="-C target-feature=+crt-static" cargo build --profile agent -p uvm-gcs
 //! --target x86_64-unknown-linux-gnu`), busybox, and the kernel picked by
 //! `UVM_TEST_KERNEL` (`tuned` (default), `stock` or a path). When they are
 //! missing each test prints why and passes, unless `UVM_REQUIRE_REAL_VM=1`
