@@ -136,8 +136,9 @@ async fn pump(fd: Arc<FdIo>, tx: Tx, stderr: bool, mut exited: watch::Receiver<b
 enum InputEnd {
     /// The client half-closed its side; no more input will come.
     Closed,
-    /// The stream broke: the client is gone.
-    Broken,
+    /// The stream broke: the client is gone, or sent something undecodable
+    /// (e.g. a message over the size limit); the status says which.
+    Broken(Status),
 }
 
 async fn input_loop(
@@ -156,7 +157,7 @@ async fn input_loop(
             Ok(None) => return InputEnd::Closed,
             Err(e) => {
                 tracing::debug!(pid, error = %e, "exec input stream broke");
-                return InputEnd::Broken;
+                return InputEnd::Broken(e);
             }
         };
         match msg {
@@ -208,7 +209,7 @@ async fn drain_control(mut input: Streaming<ExecInput>, pid: i32) -> InputEnd {
             }
             Ok(Some(_)) => {}
             Ok(None) => return InputEnd::Closed,
-            Err(_) => return InputEnd::Broken,
+            Err(e) => return InputEnd::Broken(e),
         }
     }
 }
@@ -234,26 +235,36 @@ async fn drive(running: Running, input: Streaming<ExecInput>, tx: Tx, guard: InF
     }
     let mut input_task = tokio::spawn(input_loop(input, stdin, pid, terminal));
     let mut input_done = false;
+    let mut broken = None;
     let status = loop {
         tokio::select! {
             status = &mut exit => break status.ok(),
             _ = tx.closed() => break None,
             end = &mut input_task, if !input_done => {
                 input_done = true;
-                if matches!(end, Ok(InputEnd::Broken) | Err(_)) {
-                    break None;
+                match end {
+                    Ok(InputEnd::Closed) => {}
+                    Ok(InputEnd::Broken(status)) => {
+                        broken = Some(status);
+                        break None;
+                    }
+                    Err(_) => break None,
                 }
             }
         }
     };
     let Some(status) = status else {
-        // The client went away: kill the process (and its group) and reap it.
-        tracing::info!(pid, "exec client went away; killing the process");
+        // The client went away or broke the stream: kill the process (and its
+        // group), reap it, and tell a client that is still there why.
+        tracing::info!(pid, error = ?broken.as_ref().map(|s| s.message()), "exec input ended abnormally; killing the process");
         let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
         let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         let _ = tokio::time::timeout(Duration::from_secs(10), exit).await;
         input_task.abort();
         pumps.iter().for_each(|p| p.abort());
+        if let Some(status) = broken {
+            let _ = tokio::time::timeout(Duration::from_secs(2), tx.send(Err(status))).await;
+        }
         drop(guard);
         return;
     };

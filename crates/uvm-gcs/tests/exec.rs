@@ -244,3 +244,34 @@ async fn resize_reaches_the_terminal() {
         String::from_utf8_lossy(&text)
     );
 }
+
+#[tokio::test]
+async fn an_oversized_input_message_is_reported_not_swallowed() {
+    let server = Server::start();
+    let mut c = server.client().await;
+    let (tx, mut out) = open(&mut c, spec(&["cat"])).await.unwrap();
+    let first = out.message().await.unwrap().unwrap();
+    assert!(matches!(first.msg, Some(exec_output::Msg::Started(_))));
+    // Over the agent's decoding limit: the exec must end with an error status,
+    // not with a stream that just stops (the client would not know why).
+    tx.send(ExecInput {
+        msg: Some(exec_input::Msg::Stdin(vec![0u8; 9 << 20])),
+    })
+    .await
+    .unwrap();
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match out.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("bounded");
+    let status = end.expect_err("the stream ended without a status");
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    // The agent keeps serving.
+    let o = run(&mut c, spec(&["true"]), vec![]).await.unwrap();
+    assert_eq!(code(&o), Some(0));
+}
