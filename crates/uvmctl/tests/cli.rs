@@ -147,3 +147,53 @@ fn no_command_on_a_terminal_gives_an_interactive_shell() {
     assert_eq!(code(&out), 5, "stderr: {}", stderr(&out));
     sb.assert_clean();
 }
+
+/// A document shaped like hcsshim's `makeLCOWDoc` output (SCSI controllers,
+/// HvSocket descriptors, Go zero values) runs, with our kernel and initrd.
+#[test]
+fn hcsshim_shaped_document_runs() {
+    let sb = Sandbox::new();
+    let out = sb.cmd().args(["doc"]).output().unwrap();
+    let ours: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lkd = &ours["VirtualMachine"]["Chipset"]["LinuxKernelDirect"];
+    let files = tempfile::tempdir().unwrap();
+    let disk = files.path().join("scratch.raw");
+    std::fs::write(&disk, vec![0x5au8; 1 << 20]).unwrap();
+    let com = files.path().join("com0.log");
+    let doc = serde_json::json!({
+        "Owner": "containerd-shim-runhcs-v1.exe",
+        "SchemaVersion": { "Major": 2, "Minor": 1 },
+        "ShouldTerminateOnLastHandleClosed": true,
+        "VirtualMachine": {
+            "StopOnReset": true,
+            "Chipset": { "LinuxKernelDirect": lkd },
+            "ComputeTopology": {
+                "Memory": { "SizeInMB": 256, "AllowOvercommit": true, "EnableDeferredCommit": false,
+                            "EnableColdDiscardHint": false, "LowMMIOGapInMB": 0, "HighMMIOBaseInMB": 0, "HighMMIOGapInMB": 0 },
+                "Processor": { "Count": 2, "Limit": 100000, "Weight": 0 }
+            },
+            "Devices": {
+                "Scsi": {
+                    "0": { "Attachments": { "0": { "Type": "VirtualDisk", "Path": disk, "ReadOnly": true } } },
+                    "1": { "Attachments": {} }, "2": { "Attachments": {} }, "3": { "Attachments": {} }
+                },
+                "HvSocket": { "HvSocketConfig": {
+                    "DefaultBindSecurityDescriptor": "D:P(A;;FA;;;SY)(A;;FA;;;BA)",
+                    "ServiceTable": { "0000006d-facb-11e6-bd58-64006a7986d3": {
+                        "BindSecurityDescriptor": "D:P(A;;FA;;;SY)", "AllowWildcardBinds": true } }
+                } },
+                "Plan9": {},
+                "VirtualPMem": { "MaximumCount": 0, "MaximumSizeBytes": 0 },
+                "ComPorts": { "0": { "NamedPipe": com } }
+            }
+        }
+    });
+    let path = files.path().join("hcsshim.json");
+    std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+    // Two vCPUs, and the read-only SCSI disk is a 1 MiB block device full of 0x5a.
+    let script = "nproc; head -c 4 /dev/vda; echo; echo x > /dev/vda 2>/dev/null && echo writable || echo read-only";
+    let out = sb.run(&["run", "--doc", path.to_str().unwrap(), "--", "sh", "-c", script], None);
+    assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
+    assert_eq!(stdout(&out), "2\nZZZZ\nread-only\n");
+    sb.assert_clean();
+}
