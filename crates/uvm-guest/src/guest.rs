@@ -19,6 +19,13 @@ use crate::GuestError;
 /// Default bound of a single control RPC (stats, policy, shutdown...).
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// HTTP/2 flow-control window of each stream (h2's default is 64 KiB): lets
+/// the guest keep sending stdout while the host drains earlier frames
+/// instead of stalling on a WINDOW_UPDATE round trip through virtio-serial.
+pub const STREAM_WINDOW: u32 = 4 << 20;
+/// HTTP/2 flow-control window of the whole GCS connection.
+pub const CONNECTION_WINDOW: u32 = 8 << 20;
+
 /// Any byte stream the GCS can run over (a unix socket, an in-memory pipe).
 pub trait GcsIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> GcsIo for T {}
@@ -143,6 +150,8 @@ impl Guest {
             }
         });
         let channel = Endpoint::from_static("http://uvm.gcs")
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
             .connect_with_connector(connector)
             .await
             .map_err(GuestError::Transport)?;
