@@ -12,92 +12,13 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
-use tonic::transport::{Channel, Endpoint};
-use uvm_proto::gcs::gcs_client::GcsClient;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
 use uvm_proto::gcs::*;
 
-type Client = GcsClient<Channel>;
-
-/// The gcs stream without `shutdown(SHUT_WR)`: hyper half-closes its IO when a
-/// client is dropped, and QEMU drops a chardev connection on EOF, so a
-/// half-close would end the channel for good.
-/// Once `retired` is set, reads see EOF: a dropped client's connection task
-/// must not keep reading (stealing bytes) from the shared socket.
-struct NoShutdown {
-    prefix: Vec<u8>,
-    inner: UnixStream,
-    retired: Retired,
-}
-
-type Retired = std::sync::Arc<std::sync::atomic::AtomicBool>;
-
-impl tokio::io::AsyncRead for NoShutdown {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        if self.retired.load(std::sync::atomic::Ordering::SeqCst) {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        if !self.prefix.is_empty() {
-            let n = buf.remaining().min(self.prefix.len());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.drain(..n);
-            return std::task::Poll::Ready(Ok(()));
-        }
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl tokio::io::AsyncWrite for NoShutdown {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-async fn client_over(stream: UnixStream, prefix: Vec<u8>) -> (Client, Retired) {
-    let retired = Retired::default();
-    let stream = NoShutdown {
-        prefix,
-        inner: stream,
-        retired: retired.clone(),
-    };
-    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
-    let channel = Endpoint::try_from("http://uvm.invalid")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_| {
-            let s = slot.lock().unwrap().take();
-            async move {
-                s.map(hyper_util::rt::TokioIo::new)
-                    .ok_or_else(|| std::io::Error::other("used"))
-            }
-        }))
-        .await
-        .unwrap();
-    (
-        GcsClient::new(channel).max_decoding_message_size(16 << 20),
-        retired,
-    )
-}
+#[path = "../tests/common/gcs_stream.rs"]
+mod gcs_stream;
+use gcs_stream::{client_over, dup, retire, skip_to_settings, Client};
 
 struct Out {
     stdout: Vec<u8>,
@@ -250,11 +171,7 @@ async fn smoke() {
     // Keep our own handle on the gcs stream so dropping a client does not
     // disconnect QEMU's chardev.
     let keep = gcs.into_std().unwrap();
-    let (mut c, retired) = client_over(
-        UnixStream::from_std(keep.try_clone().unwrap()).unwrap(),
-        Vec::new(),
-    )
-    .await;
+    let (mut c, retired) = client_over(dup(&keep), Vec::new()).await;
     let req = NegotiateRequest {
         min_version: 1,
         max_version: 1,
@@ -401,45 +318,22 @@ async fn smoke() {
             );
         }
     }
-    retired.store(true, std::sync::atomic::Ordering::SeqCst);
-    drop(c);
+    retire(c, &retired);
     // A garbage frame on the gcs channel: the agent must drop that HTTP/2
     // connection, reopen the port and serve a new client on the same stream.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut raw = UnixStream::from_std(keep.try_clone().unwrap()).unwrap();
+    let mut raw = dup(&keep);
     raw.write_all(b"this is not an HTTP/2 preface\r\n\r\n")
         .await
         .unwrap();
-    // Skip what the dead connection sent back (whole frames, maybe a GOAWAY)
-    // up to the SETTINGS frame that opens the agent's next connection, and
-    // hand that frame to the new client.
-    let mut seen = Vec::new();
-    let settings = tokio::time::timeout(Duration::from_secs(20), async {
-        loop {
-            let mut head = [0u8; 9];
-            raw.read_exact(&mut head).await?;
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let mut payload = vec![0u8; len];
-            raw.read_exact(&mut payload).await?;
-            seen.push((head[3], head[4], len));
-            if head[3] == 0x4 && head[4] == 0 {
-                return Ok::<_, std::io::Error>([&head[..], &payload].concat());
-            }
-        }
-    })
-    .await;
-    let Ok(Ok(settings)) = settings else {
-        panic!("no new HTTP/2 connection after the garbage frame: {settings:?}, frames (type, flags, len) {seen:?}");
-    };
+    let resync = skip_to_settings(&mut raw, Duration::from_secs(20))
+        .await
+        .unwrap_or_else(|e| panic!("no new HTTP/2 connection after the garbage frame: {e}"));
     println!(
-        "frames from the dead connection (type, flags, len): {:?}",
-        &seen[..seen.len() - 1]
+        "frames from the dead connection (type, flags, len): {:?}, GOAWAY code {:?}",
+        resync.dead, resync.goaway
     );
-    let (mut c, _retired) = client_over(
-        UnixStream::from_std(keep.try_clone().unwrap()).unwrap(),
-        settings,
-    )
-    .await;
+    let (mut c, _retired) = client_over(dup(&keep), resync.settings).await;
     let req = NegotiateRequest {
         min_version: 1,
         max_version: 1,

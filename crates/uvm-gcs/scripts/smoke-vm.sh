@@ -4,6 +4,11 @@
 #   crates/uvm-gcs/scripts/smoke-vm.sh tuned [VMLINUX]   # microvm + PVH vmlinux
 #   crates/uvm-gcs/scripts/smoke-vm.sh stock [VMLINUZ]   # q35 + modules loaded by the agent
 #   crates/uvm-gcs/scripts/smoke-vm.sh raw   [VMLINUX]   # baseline: /init writes one byte
+# The default VMLINUX is the newest tuned kernel in the uvm cache. microvm under
+# TCG needs `tsc_early_khz=<host TSC kHz>` (without it boots hang): taken from
+# $UVM_TSC_KHZ, else from the cmdline `uvmctl image build` prints, else from
+# /proc/cpuinfo. The tested, non-flaky version of the garbage-frame check is
+# tests/real_vm_garbage.rs.
 set -eu
 mode=${1:-tuned}
 root=$(cd "$(dirname "$0")/../../.." && pwd)
@@ -16,13 +21,40 @@ if [ "$mode" != raw ]; then
     # Keep the symbol table (symbolized DumpStacks frames), drop DWARF.
     strip --strip-debug -o "$work/root/init" target/$target/release/uvm-gcs
 fi
+cache=${UVM_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/uvm}
+# Newest <cache>/kernel/<hash>/vmlinux (not the build-*/src-* trees).
+newest_tuned() {
+    local k
+    k=$(ls -t "$cache"/kernel/*/vmlinux 2>/dev/null | grep -v -e /build- -e /src- | head -1 || true)
+    [ -n "$k" ] || { echo "no tuned kernel under $cache/kernel: run uvmctl image build" >&2; exit 1; }
+    echo "$k"
+}
+tsc_khz() {
+    local khz=${UVM_TSC_KHZ:-}
+    if [ -z "$khz" ]; then
+        khz=$(cargo run -q --release -p uvmctl -- image build 2>/dev/null |
+            sed -n 's/^cmdline:.* tsc_early_khz=\([0-9]*\).*/\1/p' | head -1 || true)
+    fi
+    if [ -z "$khz" ]; then
+        khz=$(awk -F: '/^cpu MHz/ { printf "%d\n", $2 * 1000; exit }' /proc/cpuinfo)
+        echo "tsc_early_khz from /proc/cpuinfo: $khz" >&2
+    fi
+    echo "$khz"
+}
+add_tsc_hint() {
+    case " ${SMOKE_APPEND:-} " in
+    *" tsc_early_khz="*) ;;
+    *) SMOKE_APPEND="${SMOKE_APPEND:-} tsc_early_khz=$(tsc_khz)" ;;
+    esac
+}
 r="$work/root"
 mkdir -p "$r/bin" "$r/dev" "$r/proc" "$r/sys" "$r/tmp" "$r/lib/modules"
 cp /bin/busybox "$r/bin/busybox"
 for a in sh cat true false echo sleep tty stty ps uname hostname seq kill ls grep; do ln -s busybox "$r/bin/$a"; done
 case "$mode" in
 tuned)
-    kernel=${2:-$(ls ~/.cache/uvm/kernel/*/vmlinux | head -1)}; machine=microvm ;;
+    kernel=${2:-$(newest_tuned)}; machine=microvm
+    add_tsc_hint ;;
 stock)
     kernel=${2:-$(ls /boot/vmlinuz-*-cloud-amd64 | head -1)}; machine=q35
     rel=$(basename "$kernel" | sed 's/^vmlinuz-//')
@@ -35,7 +67,8 @@ stock)
     done ;;
 raw)
     # Baseline: the same kernel and flags; /init writes one byte to the console and powers off.
-    kernel=${2:-$(ls ~/.cache/uvm/kernel/*/vmlinux | head -1)}
+    kernel=${2:-$(newest_tuned)}
+    add_tsc_hint
     printf '#!/bin/sh\nprintf X > /dev/ttyS0\nexec poweroff -f\n' > "$r/init"
     ln -s busybox "$r/bin/poweroff"
     mknod "$r/dev/ttyS0" c 4 64 ;;
@@ -53,4 +86,5 @@ if [ "$mode" = raw ]; then
     done
     exit 0
 fi
-cargo run -q -p uvm-gcs --example vm_smoke -- "$kernel" "$work/initrd.cpio" $machine 512
+echo "kernel $kernel, extra append:${SMOKE_APPEND:-}"
+SMOKE_APPEND=${SMOKE_APPEND:-} cargo run -q -p uvm-gcs --example vm_smoke -- "$kernel" "$work/initrd.cpio" $machine 512

@@ -1,6 +1,8 @@
 //! Test harness: the real `uvm-gcs` binary serving a unix socket, and a client.
 #![allow(dead_code)]
 
+pub mod gcs_stream;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
