@@ -151,10 +151,12 @@ impl Inner {
                 info.id.clone(),
             );
         }
+        let t0 = tokio::time::Instant::now();
         race(abort, &vm, "start VM", async {
             vm.start().await.map_err(|e| Error::vmm("start VM", e))
         })
         .await?;
+        let cont = t0.elapsed();
         let started = vm.started_time().unwrap_or_else(SystemTime::now);
         // One budget for connect + Negotiate: QEMU connects the GCS chardev
         // at spawn, so `connect` returns at once and the first RPC is what
@@ -170,6 +172,7 @@ impl Inner {
                 },
                 e => Error::guest("GCS connect", e),
             })?;
+            let connected = t0.elapsed();
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             guest
                 .negotiate_within(&opts.config_options, left)
@@ -180,7 +183,16 @@ impl Inner {
                         timeout,
                     },
                     e => Error::guest("negotiate", e),
-                })
+                })?;
+            tracing::debug!(
+                target: "uvm::lifecycle",
+                vm_id = %info.id,
+                cont_ms = cont.as_secs_f64() * 1e3,
+                connected_ms = connected.as_secs_f64() * 1e3,
+                negotiated_ms = t0.elapsed().as_secs_f64() * 1e3,
+                "GCS negotiated (ms since cont was sent)"
+            );
+            Ok(())
         };
         let bounded = async {
             tokio::time::timeout(timeout, handshake)
