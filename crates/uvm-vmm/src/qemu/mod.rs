@@ -282,7 +282,9 @@ impl QemuHypervisor {
             pid: Mutex::new(None),
             stopped: Mutex::new(None),
         });
+        let t_spawn = std::time::Instant::now();
         let spawned = process::spawn(&probe.binary, &argv, &dir, Arc::clone(&shared)).await?;
+        let spawn_ms = t_spawn.elapsed().as_secs_f64() * 1e3;
         guard.kill_tx = Some(spawned.kill_tx.clone());
         guard.exit_rx = Some(spawned.exit_rx.clone());
         let mut exit_rx = spawned.exit_rx.clone();
@@ -300,6 +302,7 @@ impl QemuHypervisor {
             _ = tokio::time::sleep(t) => return Err(VmmError::Timeout { what: "QEMU to connect to QMP", timeout: t }),
         };
         drop(qmp_listener);
+        let qmp_connect_ms = t_spawn.elapsed().as_secs_f64() * 1e3;
         let qmp = match QmpClient::handshake(stream, t).await {
             Ok(q) => q,
             Err(e) => {
@@ -314,6 +317,13 @@ impl QemuHypervisor {
             }
         };
         let _ = shared.qmp.set(qmp.clone());
+        tracing::debug!(
+            vm = id,
+            spawn_ms,
+            qmp_connect_ms,
+            qmp_ready_ms = t_spawn.elapsed().as_secs_f64() * 1e3,
+            "QEMU spawned, QMP ready (ms since spawn)"
+        );
         let dir_handle = guard.dir.take().expect("dir set");
         guard.kill_tx = None;
         guard.exit_rx = None;
