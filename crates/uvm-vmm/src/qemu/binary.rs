@@ -56,26 +56,36 @@ pub fn parse_version(output: &str) -> Option<(u32, u32, u32)> {
     Some((major, minor, micro))
 }
 
-/// Runs `<binary> --version` and checks it is at least [`MIN_VERSION`].
-pub async fn check_version(binary: &Path) -> Result<(u32, u32, u32), VmmError> {
+/// Runs `<binary> ARGS` (bounded), returning whether it succeeded and its stdout.
+async fn run_probe(binary: &Path, args: &[&str]) -> Result<(bool, String), VmmError> {
+    let timeout = std::time::Duration::from_secs(10);
     let out = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
+        timeout,
         tokio::process::Command::new(binary)
-            .arg("--version")
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
             .kill_on_drop(true)
             .output(),
     )
     .await
     .map_err(|_| VmmError::Timeout {
         what: "qemu --version",
-        timeout: std::time::Duration::from_secs(10),
+        timeout,
     })?
     .map_err(|source| VmmError::Spawn {
         binary: binary.display().to_string(),
         source,
     })?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let v = parse_version(&text).ok_or_else(|| {
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    ))
+}
+
+/// The version in `text` (a `--version` output), if at least [`MIN_VERSION`].
+fn supported_version(binary: &Path, text: &str) -> Result<(u32, u32, u32), VmmError> {
+    let v = parse_version(text).ok_or_else(|| {
         VmmError::Unsupported(format!(
             "{}: cannot read a version from {:?}",
             binary.display(),
@@ -96,19 +106,10 @@ pub async fn check_version(binary: &Path) -> Result<(u32, u32, u32), VmmError> {
     Ok(v)
 }
 
-/// Whether the binary accepts our `-sandbox` settings (built with seccomp).
-pub async fn supports_sandbox(binary: &Path, sandbox_arg: &str) -> bool {
-    let r = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        tokio::process::Command::new(binary)
-            .args(["-sandbox", sandbox_arg, "-version"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .status(),
-    )
-    .await;
-    matches!(r, Ok(Ok(s)) if s.success())
+/// Runs `<binary> --version` and checks it is at least [`MIN_VERSION`].
+pub async fn check_version(binary: &Path) -> Result<(u32, u32, u32), VmmError> {
+    let (_, text) = run_probe(binary, &["--version"]).await?;
+    supported_version(binary, &text)
 }
 
 /// What probing a QEMU binary found.
@@ -124,9 +125,9 @@ pub struct BinaryProbe {
 /// so a binary replaced in place (an upgrade) is probed again.
 type ProbeKey = (PathBuf, Option<(u64, std::time::SystemTime)>);
 
-/// `check_version` + `supports_sandbox`, run once per binary per process.
+/// The version check and the `-sandbox` probe, run once per binary per process.
 ///
-/// Each probe spawns QEMU (~50 ms each under load), and every
+/// Each probe spawns QEMU (15-50 ms each here), and every
 /// `Manager::new()` builds a fresh backend, so without this cache each VM's
 /// create paid for two extra QEMU runs. Failures are not cached.
 pub async fn probe_binary(binary: &Path, sandbox_arg: &str) -> Result<BinaryProbe, VmmError> {
@@ -146,9 +147,23 @@ pub async fn probe_binary(binary: &Path, sandbox_arg: &str) -> Result<BinaryProb
         .or_default()
         .clone();
     cell.get_or_try_init(|| async {
+        // One QEMU run answers both questions where seccomp is built in
+        // (`-version` prints the version after the options were accepted);
+        // only a binary that refuses `-sandbox` costs a second run.
+        let (ok, text) = run_probe(binary, &["-sandbox", sandbox_arg, "-version"]).await?;
+        if ok {
+            if let Ok(version) = supported_version(binary, &text) {
+                return Ok(BinaryProbe {
+                    version,
+                    sandbox: true,
+                });
+            }
+        }
         let version = check_version(binary).await?;
-        let sandbox = supports_sandbox(binary, sandbox_arg).await;
-        Ok(BinaryProbe { version, sandbox })
+        Ok(BinaryProbe {
+            version,
+            sandbox: false,
+        })
     })
     .await
     .copied()
@@ -213,7 +228,7 @@ mod tests {
             });
             hv.probe().await.unwrap();
         }
-        assert_eq!(calls(&log), 2, "one --version and one -sandbox probe");
+        assert_eq!(calls(&log), 1, "one `-sandbox .. -version` run answers both");
         // A different binary is probed on its own.
         let dir2 = tempfile::tempdir().unwrap();
         let (bin2, log2) = counting_qemu(dir2.path());
@@ -223,7 +238,30 @@ mod tests {
             ..Default::default()
         });
         hv.probe().await.unwrap();
-        assert_eq!(calls(&log2), 2);
-        assert_eq!(calls(&log), 2);
+        assert_eq!(calls(&log2), 1);
+        assert_eq!(calls(&log), 1);
+    }
+
+    /// A QEMU built without seccomp: the combined run fails, `--version`
+    /// alone gives the version and the sandbox is off.
+    #[tokio::test]
+    async fn probe_without_sandbox_support() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("qemu-noseccomp");
+        std::fs::write(
+            &bin,
+            "#!/bin/sh\nif [ \"$1\" = -sandbox ]; then echo 'no seccomp' >&2; exit 1; fi\necho 'QEMU emulator version 8.1.3'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let p = probe_binary(&bin, "on").await.unwrap();
+        assert_eq!(p, BinaryProbe { version: (8, 1, 3), sandbox: false });
+        // Too old is refused either way.
+        let old = dir.path().join("qemu-old");
+        std::fs::write(&old, "#!/bin/sh\necho 'QEMU emulator version 6.2.0'\n").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = probe_binary(&old, "on").await.unwrap_err();
+        assert!(matches!(e, VmmError::Unsupported(_)), "{e}");
     }
 }
