@@ -68,6 +68,7 @@ fn arbitrary_exec_requests_get_an_answer() {
     // One agent for all cases: a fresh one per case would measure process
     // start-up, not request handling.
     let server = std::cell::RefCell::new(Server::start());
+    let client = rt.block_on(server.borrow().client());
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
@@ -79,7 +80,7 @@ fn arbitrary_exec_requests_get_an_answer() {
     let strategy = (process_spec(), any::<i32>(), any::<u32>());
     let result = runner.run(&strategy, |(spec, signal, rows)| {
         rt.block_on(async {
-            let mut c = server.borrow().client().await;
+            let mut c = client.clone();
             let answered = tokio::time::timeout(Duration::from_secs(20), async {
                 match open(&mut c, spec).await {
                     Err(status) => Some(status.code()),
