@@ -41,6 +41,8 @@ pub struct Negotiated {
     pub agent_version: String,
     /// Guest kernel release.
     pub kernel_release: String,
+    /// Guest uptime when the agent answered (0 from agents that do not say).
+    pub guest_uptime: Duration,
 }
 
 /// The host side of a VM's guest connection (hcsshim's `guestmanager.Guest`).
@@ -200,6 +202,7 @@ impl Guest {
             capabilities: resp.capabilities.unwrap_or_default(),
             agent_version: resp.agent_version,
             kernel_release: resp.kernel_release,
+            guest_uptime: Duration::from_nanos(resp.uptime_ns),
         };
         *lock(&self.negotiated) = Some(n.clone());
         Ok(n)

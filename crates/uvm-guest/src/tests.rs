@@ -42,6 +42,7 @@ async fn connect_accepts_over_listener_and_negotiates() {
         .await
         .unwrap();
     assert!(n.capabilities.dump_stacks);
+    assert_eq!(n.guest_uptime, Duration::from_nanos(1), "from the response");
     assert_eq!(fake.record().negotiations[0].hostname, "h");
     assert!(matches!(g.connect(T).await, Err(GuestError::ListenerUsed)));
     stop.cancel();

@@ -184,9 +184,11 @@ impl Inner {
                     },
                     e => Error::guest("negotiate", e),
                 })?;
+            let n = guest.negotiated();
             tracing::debug!(
                 target: "uvm::lifecycle",
                 vm_id = %info.id,
+                guest_uptime_ms = n.map_or(0.0, |n| n.guest_uptime.as_secs_f64() * 1e3),
                 cont_ms = cont.as_secs_f64() * 1e3,
                 connected_ms = connected.as_secs_f64() * 1e3,
                 negotiated_ms = t0.elapsed().as_secs_f64() * 1e3,
