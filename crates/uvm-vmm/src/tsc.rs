@@ -11,7 +11,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The host TSC frequency in kHz: `$UVM_TSC_KHZ` if set, else measured once
-/// per process against the monotonic clock (about 50 ms). `None` on
+/// per process against the monotonic clock (10 ms where it confirms the
+/// kernel's known TSC rate, else 50 ms). `None` on
 /// non-x86_64 hosts or if the measurement looks wrong.
 pub fn host_tsc_khz() -> Option<u64> {
     static KHZ: OnceLock<Option<u64>> = OnceLock::new();
@@ -71,10 +72,51 @@ fn sample() -> (Instant, u64) {
     (t, tsc)
 }
 
+/// The TSC rate the kernel already knows, from `/proc/cpuinfo` text: its
+/// `cpu MHz` is the TSC rate when the kernel took the frequency from CPUID
+/// or the hypervisor (`tsc_known_freq`), the TSC is invariant
+/// (`constant_tsc`), and no `aperfmperf` makes `cpu MHz` a live core clock.
+pub(crate) fn cpuinfo_tsc_khz(cpuinfo: &str) -> Option<u64> {
+    let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
+    let has = |f: &str| flags.split_whitespace().any(|x| x == f);
+    if !has("tsc_known_freq") || !has("constant_tsc") || has("aperfmperf") {
+        return None;
+    }
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split_once(':')?
+        .1
+        .trim()
+        .parse()
+        .ok()?;
+    let khz = (mhz * 1000.0).round() as u64;
+    (100_000..=10_000_000).contains(&khz).then_some(khz)
+}
+
+/// Whether a short measurement confirms `known` within 100 ppm.
+fn confirms(known: u64, measured: u64) -> bool {
+    known.abs_diff(measured) * 10_000 <= known
+}
+
+/// Measures the TSC rate: 50 ms against the monotonic clock, or 10 ms when
+/// that confirms the kernel's own value (`cpuinfo_tsc_khz`), which is then
+/// used: it is exact, and `uvmctl run` pays this once per process.
 #[cfg(target_arch = "x86_64")]
 fn measure() -> Option<u64> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    if let Some(known) = cpuinfo_tsc_khz(&cpuinfo) {
+        if measure_for(Duration::from_millis(10)).is_some_and(|m| confirms(known, m)) {
+            return Some(known);
+        }
+    }
+    measure_for(Duration::from_millis(50))
+}
+
+#[cfg(target_arch = "x86_64")]
+fn measure_for(window: Duration) -> Option<u64> {
     let (t0, c0) = sample();
-    std::thread::sleep(Duration::from_millis(50));
+    std::thread::sleep(window);
     let (t1, c1) = sample();
     let secs = (t1 - t0).as_secs_f64();
     let khz = (c1.checked_sub(c0)? as f64 / secs / 1000.0).round() as u64;
@@ -97,6 +139,28 @@ mod tests {
         assert_eq!(super::with_tsc_hint(&with, true), with, "appended twice");
         assert_eq!(super::with_tsc_hint("quiet tsc_early_khz=1000", true), "quiet tsc_early_khz=1000");
         assert_eq!(super::with_tsc_hint("console=ttyS0", false), "console=ttyS0");
+    }
+
+    #[test]
+    fn kernel_known_tsc_rate_from_cpuinfo() {
+        let known = "processor\t: 0\ncpu MHz\t\t: 2596.100\nflags\t\t: fpu tsc constant_tsc nonstop_tsc tsc_known_freq\n";
+        assert_eq!(super::cpuinfo_tsc_khz(known), Some(2_596_100));
+        // Calibrated (not known), or cpu MHz being a live core clock: not used.
+        let calibrated = known.replace(" tsc_known_freq", "");
+        assert_eq!(super::cpuinfo_tsc_khz(&calibrated), None);
+        let live = known.replace("tsc_known_freq", "tsc_known_freq aperfmperf");
+        assert_eq!(super::cpuinfo_tsc_khz(&live), None);
+        assert_eq!(super::cpuinfo_tsc_khz(""), None);
+        assert!(super::confirms(2_596_100, 2_596_300));
+        assert!(!super::confirms(2_596_100, 2_600_000));
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn short_measurement_agrees_with_long() {
+        let short = super::measure_for(std::time::Duration::from_millis(10)).unwrap();
+        let long = super::measure_for(std::time::Duration::from_millis(50)).unwrap();
+        assert!(short.abs_diff(long) * 50 < long, "{short} vs {long}");
     }
 
     #[test]
