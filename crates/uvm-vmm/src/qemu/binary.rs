@@ -210,6 +210,26 @@ mod tests {
         (bin, log)
     }
 
+    /// Retries while exec fails with ETXTBSY: another test thread may fork
+    /// while a just-written script's fd is still open, and the forked child
+    /// holds it until its own exec. Failures are not cached, and a failed
+    /// exec runs nothing, so the call counts stay exact.
+    async fn retry_busy<T, F, Fut>(mut f: F) -> Result<T, VmmError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, VmmError>>,
+    {
+        for _ in 0..50 {
+            match f().await {
+                Err(VmmError::Spawn { source, .. }) if source.raw_os_error() == Some(26) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                r => return r,
+            }
+        }
+        f().await
+    }
+
     fn calls(log: &Path) -> usize {
         std::fs::read_to_string(log).map(|s| s.lines().count()).unwrap_or(0)
     }
@@ -226,7 +246,7 @@ mod tests {
                 accel: Some(crate::Accel::Tcg),
                 ..Default::default()
             });
-            hv.probe().await.unwrap();
+            retry_busy(|| async { hv.probe().await.map(drop) }).await.unwrap();
         }
         assert_eq!(calls(&log), 1, "one `-sandbox .. -version` run answers both");
         // A different binary is probed on its own.
@@ -237,7 +257,7 @@ mod tests {
             accel: Some(crate::Accel::Tcg),
             ..Default::default()
         });
-        hv.probe().await.unwrap();
+        retry_busy(|| async { hv.probe().await.map(drop) }).await.unwrap();
         assert_eq!(calls(&log2), 1);
         assert_eq!(calls(&log), 1);
     }
@@ -255,13 +275,13 @@ mod tests {
         )
         .unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let p = probe_binary(&bin, "on").await.unwrap();
+        let p = retry_busy(|| probe_binary(&bin, "on")).await.unwrap();
         assert_eq!(p, BinaryProbe { version: (8, 1, 3), sandbox: false });
         // Too old is refused either way.
         let old = dir.path().join("qemu-old");
         std::fs::write(&old, "#!/bin/sh\necho 'QEMU emulator version 6.2.0'\n").unwrap();
         std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let e = probe_binary(&old, "on").await.unwrap_err();
+        let e = retry_busy(|| probe_binary(&old, "on")).await.unwrap_err();
         assert!(matches!(e, VmmError::Unsupported(_)), "{e}");
     }
 }
