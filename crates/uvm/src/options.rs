@@ -57,8 +57,12 @@ pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
     /// Bound on GCS connect + negotiate in `start_vm` ([`DEFAULT_GCS_TIMEOUT`]).
+    /// It covers the guest's boot: QEMU connects the GCS channel at spawn, so
+    /// the first `Negotiate` is what waits for the agent, and it gets what is
+    /// left of this budget.
     pub gcs_timeout: Duration,
-    /// Bound of each guest RPC ([`DEFAULT_RPC_TIMEOUT`]).
+    /// Bound of each later guest RPC ([`DEFAULT_RPC_TIMEOUT`]); not of the
+    /// first `Negotiate` (see `gcs_timeout`).
     pub rpc_timeout: Duration,
     /// Overrides the platform picked from the document (LinuxKernelDirect ⇒
     /// Lcow). No document that validates selects WCOW today; this runs the
