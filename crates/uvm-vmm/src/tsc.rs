@@ -33,7 +33,11 @@ pub fn host_tsc_khz() -> Option<u64> {
 /// `tsc_early_khz=<host kHz>` appended unless it already sets it (or the
 /// frequency is unknown, which is logged). Other machines get `cmdline` as is.
 pub fn with_tsc_hint(cmdline: &str, microvm: bool) -> String {
-    if !microvm || cmdline.split_whitespace().any(|w| w.starts_with("tsc_early_khz=")) {
+    if !microvm
+        || cmdline
+            .split_whitespace()
+            .any(|w| w.starts_with("tsc_early_khz="))
+    {
         return cmdline.to_owned();
     }
     match host_tsc_khz() {
@@ -135,10 +139,19 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     fn microvm_cmdline_gets_the_tsc_hint_once() {
         let with = super::with_tsc_hint("console=ttyS0 panic=-1", true);
-        assert!(with.starts_with("console=ttyS0 panic=-1 tsc_early_khz="), "{with}");
+        assert!(
+            with.starts_with("console=ttyS0 panic=-1 tsc_early_khz="),
+            "{with}"
+        );
         assert_eq!(super::with_tsc_hint(&with, true), with, "appended twice");
-        assert_eq!(super::with_tsc_hint("quiet tsc_early_khz=1000", true), "quiet tsc_early_khz=1000");
-        assert_eq!(super::with_tsc_hint("console=ttyS0", false), "console=ttyS0");
+        assert_eq!(
+            super::with_tsc_hint("quiet tsc_early_khz=1000", true),
+            "quiet tsc_early_khz=1000"
+        );
+        assert_eq!(
+            super::with_tsc_hint("console=ttyS0", false),
+            "console=ttyS0"
+        );
     }
 
     #[test]

@@ -231,7 +231,9 @@ mod tests {
     }
 
     fn calls(log: &Path) -> usize {
-        std::fs::read_to_string(log).map(|s| s.lines().count()).unwrap_or(0)
+        std::fs::read_to_string(log)
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
     }
 
     /// B1: each `Manager::new()` builds a fresh `QemuHypervisor`; the version
@@ -246,9 +248,15 @@ mod tests {
                 accel: Some(crate::Accel::Tcg),
                 ..Default::default()
             });
-            retry_busy(|| async { hv.probe().await.map(drop) }).await.unwrap();
+            retry_busy(|| async { hv.probe().await.map(drop) })
+                .await
+                .unwrap();
         }
-        assert_eq!(calls(&log), 1, "one `-sandbox .. -version` run answers both");
+        assert_eq!(
+            calls(&log),
+            1,
+            "one `-sandbox .. -version` run answers both"
+        );
         // A different binary is probed on its own.
         let dir2 = tempfile::tempdir().unwrap();
         let (bin2, log2) = counting_qemu(dir2.path());
@@ -257,7 +265,9 @@ mod tests {
             accel: Some(crate::Accel::Tcg),
             ..Default::default()
         });
-        retry_busy(|| async { hv.probe().await.map(drop) }).await.unwrap();
+        retry_busy(|| async { hv.probe().await.map(drop) })
+            .await
+            .unwrap();
         assert_eq!(calls(&log2), 1);
         assert_eq!(calls(&log), 1);
     }
@@ -276,7 +286,13 @@ mod tests {
         .unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         let p = retry_busy(|| probe_binary(&bin, "on")).await.unwrap();
-        assert_eq!(p, BinaryProbe { version: (8, 1, 3), sandbox: false });
+        assert_eq!(
+            p,
+            BinaryProbe {
+                version: (8, 1, 3),
+                sandbox: false
+            }
+        );
         // Too old is refused either way.
         let old = dir.path().join("qemu-old");
         std::fs::write(&old, "#!/bin/sh\necho 'QEMU emulator version 6.2.0'\n").unwrap();

@@ -412,7 +412,10 @@ pub fn kernel_format_of(path: &Path) -> Option<KernelFormat> {
 mod default_tests {
     #[test]
     fn default_tb_size_is_documented_and_configurable() {
-        assert_eq!(super::QemuConfig::default().tb_size_mb, super::DEFAULT_TB_SIZE_MB);
+        assert_eq!(
+            super::QemuConfig::default().tb_size_mb,
+            super::DEFAULT_TB_SIZE_MB
+        );
         let c = super::QemuConfig {
             tb_size_mb: 64,
             ..Default::default()
