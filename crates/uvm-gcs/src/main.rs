@@ -104,41 +104,60 @@ fn run_init() -> ! {
     }
 }
 
-async fn init_main(cfg: &Config, sink: &LogSink, reaper: Reaper, first: bool) {
+async fn init_main(cfg: &Config, sink: &std::sync::Arc<LogSink>, reaper: Reaper, first: bool) {
     tokio::spawn(reaper.clone().run());
     if first {
+        // Modules (stock kernels) first: the ports only appear once virtio
+        // is loaded. Then serve the GCS as soon as its port exists; the log
+        // port and entropy are set up concurrently (early log lines stay
+        // queued until the log port opens).
         let n = init::load_modules();
-        let mut wanted = vec![cfg.gcs_port.as_str(), uvm_proto::ports::LOG];
-        if cfg.platform == Platform::Lcow {
-            wanted.push(uvm_proto::ports::ENTROPY);
-        }
-        let missing = ports::wait_for(&wanted, Duration::from_secs(5)).await;
+        let setup = tokio::spawn(setup_log_and_entropy(
+            cfg.platform == Platform::Lcow,
+            sink.clone(),
+            n,
+        ));
+        let gcs = [cfg.gcs_port.as_str()];
+        let missing = ports::wait_for(&gcs, Duration::from_secs(5)).await;
         if !missing.is_empty() {
-            tracing::warn!(modules = n, missing = ?missing, "virtio ports missing after waiting");
+            tracing::warn!(modules = n, missing = ?missing, "GCS port missing after waiting");
         }
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .open(ports::find(uvm_proto::ports::LOG).unwrap_or_default())
-        {
-            Ok(port) => sink.attach(port),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot open the log port; logging to the console only")
-            }
-        }
-        if cfg.platform == Platform::Lcow {
-            let n = uvm_proto::ports::ENTROPY_BYTES;
-            match ports::receive_entropy(uvm_proto::ports::ENTROPY, n, Duration::from_secs(5)).await
-            {
-                Ok(()) => tracing::info!(bytes = n, "entropy credited"),
-                Err(e) => tracing::warn!(error = %e, "no entropy from the host"),
-            }
-        }
-        tracing::info!(
-            uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000,
-            dropped_log_lines = sink.dropped(),
-            "agent ready"
-        );
+        drop(setup);
     }
     let agent = Agent::new(reaper, Role::Init);
     server::serve_port(agent, &cfg.gcs_port).await
+}
+
+/// Opens the log port and (LCOW) reads and credits the host's entropy, each
+/// bounded by 5 s; runs beside the GCS server.
+async fn setup_log_and_entropy(lcow: bool, sink: std::sync::Arc<LogSink>, modules: usize) {
+    let mut wanted = vec![uvm_proto::ports::LOG];
+    if lcow {
+        wanted.push(uvm_proto::ports::ENTROPY);
+    }
+    let missing = ports::wait_for(&wanted, Duration::from_secs(5)).await;
+    if !missing.is_empty() {
+        tracing::warn!(modules, missing = ?missing, "virtio ports missing after waiting");
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .open(ports::find(uvm_proto::ports::LOG).unwrap_or_default())
+    {
+        Ok(port) => sink.attach(port),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot open the log port; logging to the console only")
+        }
+    }
+    if lcow {
+        let n = uvm_proto::ports::ENTROPY_BYTES;
+        match ports::receive_entropy(uvm_proto::ports::ENTROPY, n, Duration::from_secs(5)).await {
+            Ok(()) => tracing::info!(bytes = n, "entropy credited"),
+            Err(e) => tracing::warn!(error = %e, "no entropy from the host"),
+        }
+    }
+    tracing::info!(
+        uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000,
+        dropped_log_lines = sink.dropped(),
+        "agent ready"
+    );
 }
