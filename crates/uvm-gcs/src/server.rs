@@ -72,12 +72,20 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for WriteClock<T> {
     }
 }
 
+/// Write buffer of a GCS connection.
+const WRITE_BUFFER: usize = 256 << 10;
+
 /// Serves one connection over `io` until the peer goes away or sends garbage.
 pub async fn serve_connection<IO>(agent: Agent, io: IO) -> Result<(), tonic::transport::Error>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let (io, gone) = DropNotify::new(WriteClock(io));
+    // A virtio-serial port has no vectored writes, so without a buffer h2
+    // writes every DATA frame as two syscalls (9-byte head, payload), each a
+    // virtio buffer and a host notification. h2 flushes after every batch of
+    // frames, so small responses are not held back.
+    let io = tokio::io::BufWriter::with_capacity(WRITE_BUFFER, WriteClock(io));
+    let (io, gone) = DropNotify::new(io);
     // tonic serves each connection in a detached task; the drop notification
     // tells us when that connection is over.
     let incoming =
