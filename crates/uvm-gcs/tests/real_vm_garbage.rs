@@ -153,9 +153,13 @@ async fn break_connection(
         "{what}: frames of the broken connection (type, flags, len): {:?}, GOAWAY code {:?}",
         r.dead, r.goaway
     );
+    // The code is usually a protocol/frame-size error, but when the previous
+    // client's graceful close wins the race the old connection ends with
+    // NO_ERROR and the garbage lands before the next preface (and is skipped).
+    // Either way the old connection must be gone and a new one offered.
     assert!(
-        r.goaway.is_some_and(|code| code != 0),
-        "{what}: the connection must end on an error GOAWAY, got frames {:?}",
+        r.goaway.is_some(),
+        "{what}: the old connection must end with a GOAWAY, got frames {:?}",
         r.dead
     );
     r.settings
