@@ -134,7 +134,7 @@ async fn real_guest_stats_are_plausible() {
     let guest = vm.mgr.guest().unwrap();
     let s = guest.stats(Duration::from_secs(10)).await.unwrap();
     let configured = mem_mb << 20;
-    let lo = configured * 85 / 100; // the kernel keeps its own image and reserved pages
+    let lo = configured * 90 / 100; // within 10%: the kernel keeps its image and reserved pages
     assert!(
         (lo..=configured).contains(&s.mem_total_bytes),
         "MemTotal {} not within the configured {configured}",
