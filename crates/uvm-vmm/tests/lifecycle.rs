@@ -300,8 +300,11 @@ async fn pdeathsig_helper() {
         return;
     };
     let kernel = kernel().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
-    let initrd = initramfs(tmp.path(), "while true; do $B sleep 1; done");
+    // This process dies by SIGKILL, so it cannot clean a temp dir of its own:
+    // keep its files in the parent's test dir (next to the runtime root).
+    let files = std::path::Path::new(&root).parent().unwrap().join("helper");
+    std::fs::create_dir_all(&files).unwrap();
+    let initrd = initramfs(&files, "while true; do $B sleep 1; done");
     let doc = LcowDocumentBuilder::new(&kernel, &initrd)
         .memory_mb(128)
         .processors(1)
