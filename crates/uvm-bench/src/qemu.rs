@@ -112,7 +112,8 @@ impl RawVm {
             "-initrd",
             &initrd,
             "-append",
-            &self.cmdline,
+            // Same hint the uvm-vmm backend adds: microvm under TCG hangs without it.
+            &uvm_vmm::with_tsc_hint(&self.cmdline, self.machine == Machine::Microvm),
         ]);
         let serial = match &self.console {
             Some(p) => format!("file:{}", p.display()),

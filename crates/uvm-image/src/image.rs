@@ -20,8 +20,8 @@ pub struct Image {
     pub kernel: PathBuf,
     /// Initramfs (`-initrd`), an uncompressed newc cpio.
     pub initrd: PathBuf,
-    /// Base kernel command line; the backend appends its own settings. For
-    /// microvm it ends with `tsc_early_khz=<host TSC kHz>` (see [`crate::host_tsc_khz`]).
+    /// Base kernel command line; the backend appends its own settings (for
+    /// microvm, the host TSC frequency: `uvm_vmm::with_tsc_hint`).
     pub cmdline: String,
     /// Which kernel this is.
     pub kind: KernelKind,
@@ -95,12 +95,10 @@ impl Kernel {
     }
 
     fn image(self, kind: &KernelKind, initrd: PathBuf) -> Image {
-        // microvm has no clock to calibrate the TSC against; see `host_tsc_khz`.
-        let cmdline = uvm_vmm::with_tsc_hint(self.cmdline, self.machine == MachineHint::Microvm);
         Image {
             kernel: self.path,
             initrd,
-            cmdline,
+            cmdline: self.cmdline.to_owned(),
             kind: kind.clone(),
             machine: self.machine,
             release: self.release,

@@ -31,7 +31,6 @@ pub use kernel::{
     STOCK_CMDLINE, TUNED_CMDLINE,
 };
 pub use modules::{KernelModules, ResolvedModule};
-pub use uvm_vmm::host_tsc_khz;
 
 /// The cache root: `$UVM_CACHE_DIR`, else `$XDG_CACHE_HOME/uvm`, else
 /// `$HOME/.cache/uvm` (`/tmp/uvm-cache` when even `HOME` is unset).

@@ -43,7 +43,11 @@ fn qemu_command(image: &Image, sock: &Path, log: &Path) -> Command {
         .arg("-initrd")
         .arg(&image.initrd)
         .arg("-append")
-        .arg(&image.cmdline)
+        // As the uvm-vmm backend does: microvm under TCG needs the host TSC rate.
+        .arg(uvm_vmm::with_tsc_hint(
+            &image.cmdline,
+            image.machine == MachineHint::Microvm,
+        ))
         .args(["-device", serial_dev])
         .arg("-chardev")
         .arg(format!("socket,id=raw,path={}", sock.display()))
