@@ -4,7 +4,10 @@
  * whose /sys/class/virtio-ports/<vportNpM>/name equals the kernel cmdline
  * value uvm.raw_port=NAME (default "uvm.raw"), writes one byte '!' to it
  * ("first guest byte"), then, if uvm.raw_bytes=N is given, writes N more
- * bytes in 64 KiB chunks (throughput baseline), and powers off. After the N
+ * bytes in 64 KiB chunks (throughput baseline), and powers off. With
+ * uvm.raw_source=zero each chunk is first read from /dev/zero, exactly what
+ * `dd if=/dev/zero bs=64k` does (the producer the uvm side runs), so the two
+ * differ only in the channel. After the N
  * bytes it first waits (at most 30 s) for the host to send a byte or hang up,
  * so that data still queued in QEMU is not lost to the power-off.
  * Works with the tuned kernel (microvm, virtio-mmio) and the stock kernel (q35,
@@ -97,13 +100,14 @@ static int open_port(const char *want) {
 }
 
 int main(void) {
-    char port[128] = "uvm.raw", bytes[32];
+    char port[128] = "uvm.raw", bytes[32], source[16] = "static";
     mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);   /* EBUSY if automounted */
     mount("sysfs", "/sys", "sysfs", 0, NULL);
     mount("proc", "/proc", "proc", 0, NULL);
     int fd = open("/proc/cmdline", O_RDONLY);
     if (fd >= 0) { (void)!read(fd, cmdline, sizeof cmdline - 1); close(fd); }
     param("uvm.raw_port", port, sizeof port);
+    param("uvm.raw_source", source, sizeof source);
     load_modules();
     int out = open_port(port);
     if (out < 0) die("virtio-serial port not found");
@@ -111,11 +115,18 @@ int main(void) {
     if (param("uvm.raw_bytes", bytes, sizeof bytes)) {
         static char chunk[65536];
         unsigned long long left = strtoull(bytes, NULL, 10);
+        int zero = strcmp(source, "zero") == 0 ? open("/dev/zero", O_RDONLY) : -1;
+        if (strcmp(source, "zero") == 0 && zero < 0) die("cannot open /dev/zero");
         memset(chunk, 'x', sizeof chunk);
         while (left > 0) {
-            ssize_t n = write(out, chunk, left < sizeof chunk ? left : sizeof chunk);
-            if (n <= 0) die("write failed");
-            left -= (unsigned long long)n;
+            size_t len = left < sizeof chunk ? (size_t)left : sizeof chunk;
+            if (zero >= 0 && read(zero, chunk, len) != (ssize_t)len) die("read /dev/zero failed");
+            for (size_t off = 0; off < len;) {
+                ssize_t n = write(out, chunk + off, len - off);
+                if (n <= 0) die("write failed");
+                off += (size_t)n;
+            }
+            left -= len;
         }
         struct pollfd pfd = {.fd = out, .events = POLLIN};
         poll(&pfd, 1, 30000);

@@ -102,12 +102,36 @@ pub async fn guard<T>(
     }
 }
 
+/// How the raw guest produces its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawSource {
+    /// One static buffer written again and again: the channel's ceiling.
+    Static,
+    /// Each 64 KiB chunk read from /dev/zero first, as `dd if=/dev/zero
+    /// bs=64k` (the producer the uvm side runs) does.
+    Zero,
+}
+
 /// Boots the raw baseline image once; with `payload`, the guest then writes
-/// that many bytes (`uvm.raw_bytes=N`) and the host reads them all.
+/// that many bytes (`uvm.raw_bytes=N`) from a static buffer and the host
+/// reads them all.
 pub async fn raw_run(base: &BaselineVm, payload: Option<usize>) -> Result<RawSample, BenchError> {
+    raw_run_from(base, payload, RawSource::Static).await
+}
+
+/// [`raw_run`] with the payload produced by `source`.
+pub async fn raw_run_from(
+    base: &BaselineVm,
+    payload: Option<usize>,
+    source: RawSource,
+) -> Result<RawSample, BenchError> {
     let mut b = base.clone();
     if let Some(n) = payload {
-        b.vm.cmdline = format!("{} uvm.raw_bytes={n}", b.vm.cmdline);
+        let src = match source {
+            RawSource::Static => "static",
+            RawSource::Zero => "zero",
+        };
+        b.vm.cmdline = format!("{} uvm.raw_bytes={n} uvm.raw_source={src}", b.vm.cmdline);
     }
     let (mut run, mut streams, t0) = spawn_with_ports(&b, &[RAW_PORT]).await?;
     let connected = t0.elapsed();

@@ -100,10 +100,16 @@ pub struct Throughput {
     pub bytes: usize,
     /// Ours, median MiB/s.
     pub mib_s: Option<f64>,
-    /// Raw virtio-serial, median MiB/s.
+    /// Raw virtio-serial, median MiB/s: a static buffer written to the
+    /// port (the channel's ceiling; no producer cost).
     pub baseline_mib_s: Option<f64>,
     /// mib_s / baseline_mib_s.
     pub ratio: Option<f64>,
+    /// Raw virtio-serial with ours's producer: each 64 KiB read from
+    /// /dev/zero, then written to the port (`dd if=/dev/zero bs=64k`).
+    pub same_producer_baseline_mib_s: Option<f64>,
+    /// mib_s / same_producer_baseline_mib_s.
+    pub same_producer_ratio: Option<f64>,
 }
 
 /// One latency.
@@ -305,6 +311,14 @@ impl Report {
                 s.baseline_mib_s,
                 None,
                 s.ratio,
+            );
+            row(
+                "  vs raw, same producer (dd)",
+                s.mib_s,
+                None,
+                s.same_producer_baseline_mib_s,
+                None,
+                s.same_producer_ratio,
             );
         }
         if let Some(l) = &self.terminate {

@@ -212,19 +212,26 @@ async fn stdout_section(
     dir: &std::path::Path,
 ) -> Result<Throughput, BenchError> {
     let bytes = opts.throughput_mib << 20;
-    let (mut tm, mut tb) = (vec![], vec![]);
+    let (mut tm, mut tb, mut tz) = (vec![], vec![], vec![]);
+    let raw_mib_s = |s: RawSample| {
+        let (n, d) = s.payload.expect("payload requested");
+        n as f64 / (1 << 20) as f64 / d.as_secs_f64()
+    };
     for _ in 0..opts.runs {
         tm.push(ours::stdout_mib_s(vm, bytes, dir).await?);
-        let s = raw::raw_run(base, Some(bytes)).await?;
-        let (n, d) = s.payload.expect("payload requested");
-        tb.push(n as f64 / (1 << 20) as f64 / d.as_secs_f64());
+        tb.push(raw_mib_s(raw::raw_run(base, Some(bytes)).await?));
+        tz.push(raw_mib_s(
+            raw::raw_run_from(base, Some(bytes), raw::RawSource::Zero).await?,
+        ));
     }
-    let (mo, mb) = (median(&tm), median(&tb));
+    let (mo, mb, mz) = (median(&tm), median(&tb), median(&tz));
     Ok(Throughput {
         bytes,
         mib_s: mo,
         baseline_mib_s: mb,
         ratio: ratio(mo, mb),
+        same_producer_baseline_mib_s: mz,
+        same_producer_ratio: ratio(mo, mz),
     })
 }
 

@@ -4,6 +4,8 @@
 //! Output order is `started`, stdout/stderr chunks, `exited`. `exited` is sent
 //! after both output streams reached EOF, or, when something (a grandchild)
 //! keeps them open, after [`DRAIN_QUIET`] without data once the process exited.
+//! With a stdout port (`ProcessSpec.stdout_port`) the process writes its
+//! stdout straight to the port and `exited` carries the byte count instead.
 //! All channels are bounded, so a slow client slows the process down instead
 //! of growing buffers. A client that goes away gets its process killed.
 
@@ -23,6 +25,7 @@ use crate::reaper::ExitKind;
 use crate::service::Shared;
 use crate::spawn::{self, Running};
 use crate::stacks::InFlightGuard;
+use crate::stdout_port::Claim;
 
 /// Largest stdout/stderr chunk.
 pub const CHUNK: usize = 64 << 10;
@@ -82,7 +85,15 @@ pub async fn exec_handler(
         spawn::prepare(&spec, &defaults, &policy)
     };
     let prepared = prepared.inspect_err(|s| tracing::info!(args = %summary(&spec.args), code = ?s.code(), error = s.message(), "exec rejected"))?;
-    let running = spawn::spawn(prepared, &shared.reaper).inspect_err(
+    let claim = claim_stdout_port(&shared, &spec);
+    let port_fd = match &claim {
+        Some(c) => Some(
+            c.child_fd()
+                .map_err(|e| Status::internal(format!("stdout port: {e}")))?,
+        ),
+        None => None,
+    };
+    let running = spawn::spawn(prepared, &shared.reaper, port_fd).inspect_err(
         |s| tracing::warn!(args = %summary(&spec.args), error = s.message(), "exec failed"),
     )?;
     guard.set_pid(running.pid as u32);
@@ -91,12 +102,26 @@ pub async fn exec_handler(
     let started = ExecOutput {
         msg: Some(exec_output::Msg::Started(Started {
             pid: running.pid as u32,
+            stdout_port: claim.is_some(),
         })),
     };
     // The channel is empty, so this cannot fail for lack of room.
     let _ = tx.try_send(Ok(started));
-    tokio::spawn(drive(running, input, tx, guard));
+    tokio::spawn(drive(running, claim, input, tx, guard));
     Ok(ReceiverStream::new(rx))
+}
+
+/// The stdout port the host asked for, if it can be used; `None`: stdout
+/// goes through gRPC.
+fn claim_stdout_port(shared: &Shared, spec: &uvm_proto::gcs::ProcessSpec) -> Option<Claim> {
+    if spec.stdout_port.is_empty() || spec.terminal {
+        return None;
+    }
+    shared
+        .stdout_ports
+        .claim(&spec.stdout_port)
+        .inspect_err(|e| tracing::info!(port = %spec.stdout_port, error = %e, "stdout port unusable; stdout goes through gRPC"))
+        .ok()
 }
 
 async fn pump(fd: Arc<FdIo>, tx: Tx, stderr: bool, mut exited: watch::Receiver<bool>) {
@@ -214,7 +239,13 @@ async fn drain_control(mut input: Streaming<ExecInput>, pid: i32) -> InputEnd {
     }
 }
 
-async fn drive(running: Running, input: Streaming<ExecInput>, tx: Tx, guard: InFlightGuard) {
+async fn drive(
+    running: Running,
+    claim: Option<Claim>,
+    input: Streaming<ExecInput>,
+    tx: Tx,
+    guard: InFlightGuard,
+) {
     let Running {
         pid,
         stdin,
@@ -224,12 +255,15 @@ async fn drive(running: Running, input: Streaming<ExecInput>, tx: Tx, guard: InF
         mut exit,
     } = running;
     let (exited_tx, exited_rx) = watch::channel(false);
-    let mut pumps = vec![tokio::spawn(pump(
-        stdout,
-        tx.clone(),
-        false,
-        exited_rx.clone(),
-    ))];
+    let mut pumps = Vec::new();
+    if let Some(out) = stdout {
+        pumps.push(tokio::spawn(pump(
+            out,
+            tx.clone(),
+            false,
+            exited_rx.clone(),
+        )));
+    }
     if let Some(err) = stderr {
         pumps.push(tokio::spawn(pump(err, tx.clone(), true, exited_rx)));
     }
@@ -270,10 +304,16 @@ async fn drive(running: Running, input: Streaming<ExecInput>, tx: Tx, guard: InF
     };
     let _ = exited_tx.send(true);
     let all_pumps = futures::future::join_all(pumps.iter_mut());
-    tokio::select! {
-        _ = all_pumps => {}
-        _ = tx.closed() => {}
-    }
+    let port_end = async {
+        match claim {
+            Some(c) => Some(c.finish(DRAIN_QUIET).await),
+            None => None,
+        }
+    };
+    let port_end = tokio::select! {
+        (_, end) = futures::future::join(all_pumps, port_end) => end,
+        _ = tx.closed() => None,
+    };
     pumps.iter().for_each(|p| p.abort());
     input_task.abort();
     tracing::info!(pid, status = ?status, "process exited");
@@ -284,6 +324,8 @@ async fn drive(running: Running, input: Streaming<ExecInput>, tx: Tx, guard: InF
     let msg = ExecOutput {
         msg: Some(exec_output::Msg::Exited(Exited {
             status: Some(status),
+            stdout_port_bytes: port_end.map_or(0, |e| e.bytes),
+            stdout_port_retired: port_end.is_some_and(|e| e.retired),
         })),
     };
     let _ = tx.send(Ok(msg)).await;

@@ -21,3 +21,4 @@ pub mod service;
 pub mod spawn;
 pub mod stacks;
 pub mod stats;
+pub mod stdout_port;

@@ -18,6 +18,7 @@ use crate::policy::Policy;
 use crate::reaper::Reaper;
 use crate::spawn::ProcessDefaults;
 use crate::stacks::InFlight;
+use crate::stdout_port::{PortPaths, StdoutPorts};
 
 /// How the agent runs, which decides what `Shutdown` and `Negotiate` may touch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub struct Shared {
     pub hv_socket: Mutex<Option<HvSocketAddress>>,
     /// How the agent runs.
     pub role: Role,
+    /// Stdout ports the host may hand to processes.
+    pub stdout_ports: Arc<StdoutPorts>,
 }
 
 /// The GCS service; cheap to clone.
@@ -60,6 +63,11 @@ impl Agent {
             defaults: RwLock::new(ProcessDefaults::default()),
             hv_socket: Mutex::new(None),
             role,
+            stdout_ports: StdoutPorts::with_paths(PortPaths {
+                // Only PID 1 owns the guest's mount table.
+                mount_debugfs: role == Role::Init,
+                ..PortPaths::default()
+            }),
         };
         Self {
             shared: Arc::new(shared),
@@ -128,6 +136,7 @@ impl Gcs for Agent {
                 stats: true,
                 security_policy: true,
                 shutdown: true,
+                stdout_ports: true,
             }),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel_release: kernel_release(),

@@ -53,8 +53,9 @@ pub struct Running {
     pub pid: i32,
     /// Writer for the child's stdin (the pty master when `terminal`).
     pub stdin: Arc<FdIo>,
-    /// The child's stdout (the pty master when `terminal`).
-    pub stdout: Arc<FdIo>,
+    /// The child's stdout (the pty master when `terminal`); `None` when it
+    /// writes straight to a stdout port.
+    pub stdout: Option<Arc<FdIo>>,
     /// The child's stderr; `None` with a terminal.
     pub stderr: Option<Arc<FdIo>>,
     /// `true` when the process runs on a pty.
@@ -208,8 +209,13 @@ pub fn set_window(fd: i32, w: &WindowSize) {
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
 
-/// Spawns a prepared process, registered with `reaper`.
-pub fn spawn(p: Prepared, reaper: &Reaper) -> Result<Running, Status> {
+/// Spawns a prepared process, registered with `reaper`. `stdout_port`
+/// becomes its stdout instead of a pipe (ignored with a terminal).
+pub fn spawn(
+    p: Prepared,
+    reaper: &Reaper,
+    stdout_port: Option<OwnedFd>,
+) -> Result<Running, Status> {
     let internal = |what: &str, e: &dyn std::fmt::Display| Status::internal(format!("{what}: {e}"));
     let mut cmd = Command::new(&p.path);
     cmd.arg0(&p.args[0])
@@ -232,8 +238,12 @@ pub fn spawn(p: Prepared, reaper: &Reaper) -> Result<Running, Status> {
             .stderr(Stdio::from(pty.slave));
         master = Some(pty.master);
     } else {
+        let stdout = match stdout_port {
+            Some(fd) => Stdio::from(fd),
+            None => Stdio::piped(),
+        };
         cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(Stdio::piped());
     }
     let terminal = p.terminal;
@@ -266,7 +276,7 @@ pub fn spawn(p: Prepared, reaper: &Reaper) -> Result<Running, Status> {
             Running {
                 pid,
                 stdin: m.clone(),
-                stdout: m,
+                stdout: Some(m),
                 stderr: None,
                 terminal,
                 exit,
@@ -276,7 +286,10 @@ pub fn spawn(p: Prepared, reaper: &Reaper) -> Result<Running, Status> {
             let take =
                 |fd: Option<OwnedFd>| fd.ok_or_else(|| Status::internal("missing stdio pipe"));
             let stdin = wrap(take(child.stdin.take().map(OwnedFd::from))?)?;
-            let stdout = wrap(take(child.stdout.take().map(OwnedFd::from))?)?;
+            let stdout = match child.stdout.take() {
+                Some(fd) => Some(wrap(OwnedFd::from(fd))?),
+                None => None,
+            };
             let stderr = wrap(take(child.stderr.take().map(OwnedFd::from))?)?;
             Running {
                 pid,

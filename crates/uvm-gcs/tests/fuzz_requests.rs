@@ -52,14 +52,24 @@ fn process_spec() -> impl Strategy<Value = ProcessSpec> {
         prop::option::of(
             prop_oneof![3 => (1u32..500, 1u32..500), 1 => (any::<u32>(), any::<u32>())],
         ),
+        // Stdout port names: none, unknown ones, path-like junk.
+        prop_oneof![
+            3 => Just(String::new()),
+            1 => "[a-z0-9-]{1,40}",
+            1 => Just("../../dev/null".to_string()),
+            1 => "\\PC{0,20}",
+        ],
     )
-        .prop_map(|(cmd, rest, env, workdir, terminal, window)| ProcessSpec {
-            args: std::iter::once(cmd).chain(rest).collect(),
-            env,
-            workdir,
-            terminal,
-            window: window.map(|(rows, cols)| WindowSize { rows, cols }),
-        })
+        .prop_map(
+            |(cmd, rest, env, workdir, terminal, window, stdout_port)| ProcessSpec {
+                args: std::iter::once(cmd).chain(rest).collect(),
+                env,
+                workdir,
+                terminal,
+                window: window.map(|(rows, cols)| WindowSize { rows, cols }),
+                stdout_port,
+            },
+        )
 }
 
 #[test]

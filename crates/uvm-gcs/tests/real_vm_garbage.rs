@@ -203,7 +203,7 @@ async fn garbage_test(img: uvm_image::Image) {
         .processors(1)
         .cmdline(cmdline)
         .build();
-    let channels = uvm_guest::channel_set(uvm_proto::ports::GCS, true);
+    let channels = uvm_guest::channel_set(uvm_proto::ports::GCS, true, 0);
     let vm = match tokio::time::timeout(WAIT, hv.create(&id, &doc, &channels)).await {
         Ok(Ok(vm)) => vm,
         Ok(Err(e @ uvm_vmm::VmmError::HypervisorNotFound { .. })) => {

@@ -14,6 +14,7 @@ use uvm_proto::gcs::{self, gcs_client::GcsClient};
 use crate::config::{
     initial_state, ConfidentialOptions, ConfigOption, SecurityPolicy, ShutdownMode,
 };
+use crate::stdout_port::PortPool;
 use crate::GuestError;
 
 /// Default bound of a single control RPC (stats, policy, shutdown...).
@@ -25,6 +26,9 @@ pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STREAM_WINDOW: u32 = 4 << 20;
 /// HTTP/2 flow-control window of the whole GCS connection.
 pub const CONNECTION_WINDOW: u32 = 8 << 20;
+
+/// Bound of accepting each stdout port once the GCS connection is up.
+const STDOUT_PORT_ACCEPT: Duration = Duration::from_secs(2);
 
 /// Any byte stream the GCS can run over (a unix socket, an in-memory pipe).
 pub trait GcsIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -58,6 +62,7 @@ pub struct Guest {
     negotiated: Mutex<Option<Negotiated>>,
     closed: CancellationToken,
     rpc_timeout: Duration,
+    stdout_ports: Arc<PortPool>,
 }
 
 impl std::fmt::Debug for Guest {
@@ -81,7 +86,25 @@ impl Guest {
             negotiated: Mutex::new(None),
             closed: CancellationToken::new(),
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
+            stdout_ports: Arc::new(PortPool::default()),
         }
+    }
+
+    /// Stdout ports (port name, listener the hypervisor connects to), accepted
+    /// by [`Guest::connect`]. A process spawned while one is idle writes its
+    /// stdout straight to it instead of through gRPC.
+    pub fn with_stdout_ports(mut self, ports: Vec<(String, UnixListener)>) -> Self {
+        self.stdout_ports = Arc::new(PortPool::new(ports));
+        self
+    }
+
+    /// Stdout ports currently idle.
+    pub fn idle_stdout_ports(&self) -> usize {
+        self.stdout_ports.idle()
+    }
+
+    pub(crate) fn stdout_pool(&self) -> &Arc<PortPool> {
+        &self.stdout_ports
     }
 
     /// Overrides the bound of control RPCs (default [`DEFAULT_RPC_TIMEOUT`]).
@@ -130,7 +153,12 @@ impl Guest {
             *slot = None;
             stream
         };
-        self.attach(stream).await
+        self.attach(stream).await?;
+        // The hypervisor connected these at spawn, like the GCS socket.
+        self.stdout_ports
+            .accept(STDOUT_PORT_ACCEPT.min(timeout))
+            .await;
+        Ok(())
     }
 
     /// Sets up the gRPC client over an already-connected stream. The channel
@@ -289,6 +317,7 @@ impl Guest {
     pub fn close(&self) {
         self.closed.cancel();
         lock(&self.client).take();
+        self.stdout_ports.clear();
         if let Ok(mut l) = self.listener.try_lock() {
             l.take();
         }

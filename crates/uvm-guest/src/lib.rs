@@ -22,12 +22,13 @@ mod exec_paths;
 mod guest;
 mod logs;
 mod process;
+mod stdout_port;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;
 
-pub use channels::{channel_set, ENTROPY_ROLE, GCS_ROLE, LOG_ROLE};
+pub use channels::{channel_set, stdout_role, ENTROPY_ROLE, GCS_ROLE, LOG_ROLE};
 pub use config::{
     initial_state, ConfidentialOptions, ConfigOption, InitialState, SecurityPolicy, ShutdownMode,
 };

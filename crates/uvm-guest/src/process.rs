@@ -2,6 +2,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -12,6 +13,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::PollSender;
 use uvm_proto::gcs::{self, exec_input, exec_output, exited};
 
+use crate::stdout_port::{self, PortEnd, PortPool, StdoutPort};
 use crate::{Guest, GuestError};
 
 /// Depth of every stdio channel (messages, each up to the agent's chunk size).
@@ -73,9 +75,15 @@ pub struct Process {
     pub stderr: Option<ProcessOutput>,
     control: mpsc::Sender<gcs::ExecInput>,
     exit: Option<oneshot::Receiver<Result<ExitOutcome, GuestError>>>,
+    stdout_on_port: bool,
 }
 
 impl Process {
+    /// Whether stdout arrives on a stdout port (bypassing gRPC).
+    pub fn stdout_on_port(&self) -> bool {
+        self.stdout_on_port
+    }
+
     /// Sends signal `signal` to the process.
     pub async fn signal(&self, signal: i32) -> Result<(), GuestError> {
         self.send(exec_input::Msg::Signal(gcs::Signal { signal }))
@@ -220,6 +228,14 @@ impl ProcessOutput {
         }
         self.rx.recv().await
     }
+
+    /// [`ProcessOutput::recv`] for a blocking thread (panics in async context).
+    pub(crate) fn blocking_recv(&mut self) -> Option<Bytes> {
+        if !self.pending.is_empty() {
+            return Some(std::mem::take(&mut self.pending));
+        }
+        self.rx.blocking_recv()
+    }
 }
 
 impl AsyncRead for ProcessOutput {
@@ -249,6 +265,10 @@ impl Guest {
     pub async fn spawn(&self, spec: ProcessSpec) -> Result<Process, GuestError> {
         let mut client = self.client()?;
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
+        let pool = self.stdout_pool().clone();
+        let port = (!spec.terminal && self.capabilities().is_some_and(|c| c.stdout_ports))
+            .then(|| pool.take())
+            .flatten();
         let start = gcs::ProcessSpec {
             args: spec.args,
             env: spec.env,
@@ -258,7 +278,11 @@ impl Guest {
                 rows: rows.into(),
                 cols: cols.into(),
             }),
+            stdout_port: port.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
         };
+        // Until the agent says it uses the port, the port is idle: give it
+        // back on every way out.
+        let mut port = ReturnOnDrop(port, pool.clone());
         tx.send(gcs::ExecInput {
             msg: Some(exec_input::Msg::Start(start)),
         })
@@ -278,17 +302,30 @@ impl Guest {
             {
                 Some(gcs::ExecOutput {
                     msg: Some(exec_output::Msg::Started(s)),
-                }) => Ok((s.pid, out)),
+                }) => Ok((s, out)),
                 _ => Err(GuestError::Protocol(
                     "exec stream did not start with `started`",
                 )),
             }
         };
-        let (pid, out) = tokio::select! {
+        let (started, out) = tokio::select! {
             r = started => r?,
             _ = closed.cancelled() => return Err(GuestError::Closed),
         };
+        let pid = started.pid;
         let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
+        let (out_tx, raw) = match port.0.take() {
+            Some(p) if started.stdout_port => {
+                let (end_tx, end_rx) = oneshot::channel();
+                let relay =
+                    tokio::spawn(stdout_port::relay(p, out_tx, end_rx, pool, closed.clone()));
+                (None, Some(RawStdout { end: end_tx, relay }))
+            }
+            p => {
+                port.0 = p;
+                (Some(out_tx), None)
+            }
+        };
         let (err_tx, err_rx) = if spec.terminal {
             (None, None)
         } else {
@@ -296,7 +333,8 @@ impl Guest {
             (Some(t), Some(r))
         };
         let (exit_tx, exit_rx) = oneshot::channel();
-        tokio::spawn(pump(out, out_tx, err_tx, exit_tx, closed));
+        let stdout_on_port = raw.is_some();
+        tokio::spawn(pump(out, out_tx, err_tx, raw, exit_tx, closed));
         Ok(Process {
             pid,
             stdin: Some(ProcessStdin {
@@ -312,20 +350,41 @@ impl Guest {
             }),
             control: tx,
             exit: Some(exit_rx),
+            stdout_on_port,
         })
     }
 }
 
-/// Moves output messages to the stdio channels until `exited`.
+/// A stdout port given back to the pool when dropped while still held.
+struct ReturnOnDrop(Option<StdoutPort>, Arc<PortPool>);
+
+impl Drop for ReturnOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            self.1.put(p);
+        }
+    }
+}
+
+/// A process's stdout arriving on a stdout port.
+struct RawStdout {
+    /// Tells the relay how many bytes to expect.
+    end: oneshot::Sender<PortEnd>,
+    relay: tokio::task::JoinHandle<Result<(), GuestError>>,
+}
+
+/// Moves output messages to the stdio channels until `exited`; with a
+/// stdout port, reports `exited` only once the port's bytes all arrived.
 async fn pump(
     mut out: tonic::Streaming<gcs::ExecOutput>,
-    stdout: mpsc::Sender<Bytes>,
+    mut stdout: Option<mpsc::Sender<Bytes>>,
     mut stderr: Option<mpsc::Sender<Bytes>>,
+    raw: Option<RawStdout>,
     exit: oneshot::Sender<Result<ExitOutcome, GuestError>>,
     closed: tokio_util::sync::CancellationToken,
 ) {
     let merge_stderr = stderr.is_none();
-    let mut stdout = Some(stdout);
+    let mut raw = raw;
     let result = loop {
         let next = tokio::select! {
             m = out.next() => m,
@@ -350,11 +409,23 @@ async fn pump(
                 }
             }
             Some(exec_output::Msg::Exited(e)) => {
+                if let Some(r) = raw.take() {
+                    let end = PortEnd {
+                        bytes: e.stdout_port_bytes,
+                        retired: e.stdout_port_retired,
+                    };
+                    let _ = r.end.send(end);
+                    match r.relay.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => break Err(err),
+                        Err(_) => break Err(GuestError::Protocol("stdout relay failed")),
+                    }
+                }
                 break match e.status {
                     Some(exited::Status::ExitCode(c)) => Ok(ExitOutcome::Code(c)),
                     Some(exited::Status::Signal(n)) => Ok(ExitOutcome::Signal(n)),
                     None => Err(GuestError::Protocol("exit status missing")),
-                }
+                };
             }
             Some(exec_output::Msg::Started(_)) | None => {}
         }

@@ -110,6 +110,7 @@ fn out(msg: exec_output::Msg) -> Result<gcs::ExecOutput, Status> {
 fn exit_code(c: i32) -> exec_output::Msg {
     exec_output::Msg::Exited(gcs::Exited {
         status: Some(exited::Status::ExitCode(c)),
+        ..Default::default()
     })
 }
 
@@ -136,6 +137,8 @@ impl gcs_server::Gcs for FakeGcs {
                 stats: true,
                 security_policy: true,
                 shutdown: true,
+                // The fake has no virtio ports: stdout always travels in gRPC.
+                stdout_ports: false,
             }),
             agent_version: "fake".into(),
             kernel_release: "fake".into(),
@@ -174,7 +177,10 @@ impl gcs_server::Gcs for FakeGcs {
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(async move {
             let _ = tx
-                .send(out(exec_output::Msg::Started(gcs::Started { pid: 42 })))
+                .send(out(exec_output::Msg::Started(gcs::Started {
+                    pid: 42,
+                    stdout_port: false,
+                })))
                 .await;
             let rest = spec.args[1..].join(" ");
             let end = match cmd.as_str() {
@@ -213,6 +219,7 @@ impl gcs_server::Gcs for FakeGcs {
                         })) => {
                             break exec_output::Msg::Exited(gcs::Exited {
                                 status: Some(exited::Status::Signal(s.signal)),
+                                ..Default::default()
                             })
                         }
                         Ok(Some(_)) => {}

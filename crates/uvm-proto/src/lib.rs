@@ -39,6 +39,19 @@ pub mod ports {
     /// Bytes of entropy the host sends on the entropy channel.
     pub const ENTROPY_BYTES: usize = 512;
 
+    /// vsock port of the first stdout port; port `i` is `STDOUT_VSOCK_PORT_BASE + i`.
+    pub const STDOUT_VSOCK_PORT_BASE: u32 = 0x4000_1000;
+    /// Stdout ports each VM gets: that many processes at once can write
+    /// their stdout straight to the host; the others' goes through gRPC.
+    pub const STDOUT_PORTS: u32 = 1;
+    /// Most stdout ports a VM may have (virtio-serial has 31 ports per device).
+    pub const MAX_STDOUT_PORTS: u32 = 16;
+
+    /// Name of stdout port `i` (`i < MAX_STDOUT_PORTS`).
+    pub fn stdout_port_name(i: u32) -> String {
+        service_port_name(STDOUT_VSOCK_PORT_BASE + i)
+    }
+
     /// The port name (service id string) for a vsock port number.
     pub fn service_port_name(port: u32) -> String {
         format!("{port:08x}-facb-11e6-bd58-64006a7986d3")

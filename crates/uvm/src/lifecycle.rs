@@ -91,7 +91,7 @@ impl Inner {
         let gcs_port = uvm_proto::ports::GCS.to_string();
         let doc = with_agent_cmdline(&opts.document, &opts.id, platform, &gcs_port);
         let lcow = platform == Platform::Lcow;
-        let channels = uvm_guest::channel_set(&gcs_port, lcow);
+        let channels = uvm_guest::channel_set(&gcs_port, lcow, self.config.stdout_ports);
         let vm = self
             .hypervisor
             .create(&opts.id, &doc, &channels)
@@ -116,7 +116,15 @@ impl Inner {
             }
             return Err(Error::MissingChannel { role });
         }
-        let guest = Guest::new(opts.id.clone(), gcs).with_rpc_timeout(self.config.rpc_timeout);
+        let stdout_ports = (0..uvm_proto::ports::MAX_STDOUT_PORTS)
+            .filter_map(|i| {
+                let listener = vm.take_channel(&uvm_guest::stdout_role(i))?;
+                Some((uvm_proto::ports::stdout_port_name(i), listener))
+            })
+            .collect();
+        let guest = Guest::new(opts.id.clone(), gcs)
+            .with_rpc_timeout(self.config.rpc_timeout)
+            .with_stdout_ports(stdout_ports);
         *lock(&self.info) = Some(VmInfo {
             id: opts.id.clone(),
             platform,

@@ -179,6 +179,11 @@ impl Manager {
         Manager::with_hypervisor(crate::backend::default_hypervisor())
     }
 
+    /// A controller with the default (QEMU) backend and explicit tunables.
+    pub fn from_config(config: ManagerConfig) -> Self {
+        Manager::with_config(crate::backend::default_hypervisor(), config)
+    }
+
     /// A controller using `hypervisor` as its backend.
     pub fn with_hypervisor(hypervisor: Arc<dyn Hypervisor>) -> Self {
         Manager::with_config(hypervisor, ManagerConfig::default())

@@ -68,6 +68,11 @@ pub struct ManagerConfig {
     /// Lcow). No document that validates selects WCOW today; this runs the
     /// WCOW variant (no entropy, re-accepting log, finalize step).
     pub platform: Option<uvm_schema::Platform>,
+    /// Stdout ports per VM ([`uvm_proto::ports::STDOUT_PORTS`], at most
+    /// [`uvm_proto::ports::MAX_STDOUT_PORTS`]): that many processes at once
+    /// write their stdout straight to the host instead of through gRPC. 0
+    /// sends all stdout through gRPC.
+    pub stdout_ports: u32,
 }
 
 impl Default for ManagerConfig {
@@ -76,6 +81,7 @@ impl Default for ManagerConfig {
             gcs_timeout: DEFAULT_GCS_TIMEOUT,
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             platform: None,
+            stdout_ports: uvm_proto::ports::STDOUT_PORTS,
         }
     }
 }

@@ -42,6 +42,7 @@ async fn real_ten_mib_of_random_bytes_through_cat_byte_exact() {
     let mut data = vec![0u8; 10 << 20];
     rand::thread_rng().fill_bytes(&mut data);
     let mut p = guest.spawn(spec(&["cat"])).await.unwrap();
+    assert!(p.stdout_on_port(), "bulk stdout goes through a stdout port");
     let mut stdin = p.stdin.take().unwrap();
     let mut stdout = p.stdout.take().unwrap();
     let mut stderr = p.stderr.take().unwrap();
@@ -227,6 +228,8 @@ async fn real_stock_kernel_boots_and_runs_commands() {
     }
     let guest = mgr.guest().unwrap();
     let mut p = guest.spawn(spec(&["uname", "-r"])).await.unwrap();
+    // The stock kernel has debugfs, so its port counters work too.
+    assert!(p.stdout_on_port(), "stock kernel: stdout on a port");
     drop(p.stdin.take());
     let mut out = String::new();
     p.stdout

@@ -6,11 +6,16 @@ use crate::cli::BenchArgs;
 
 /// Runs the benchmarks, prints the table, writes JSON if asked.
 pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    let opts = if args.quick { uvm_bench::BenchOptions::quick() } else { uvm_bench::BenchOptions::full() };
+    let opts = if args.quick {
+        uvm_bench::BenchOptions::quick()
+    } else {
+        uvm_bench::BenchOptions::full()
+    };
     let report = uvm_bench::run(&opts).await.context("benchmark")?;
     println!("{}", report.table());
     if let Some(path) = &args.json {
-        std::fs::write(path, report.to_json()).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, report.to_json())
+            .with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

@@ -166,7 +166,9 @@ mod tests {
     #[test]
     fn run_takes_command_after_double_dash() {
         let cli = parse(&["run", "--memory", "256", "--", "ls", "-l"]).unwrap();
-        let Command::Run(r) = cli.command else { panic!("not run") };
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(r.cmd, vec!["ls", "-l"]);
         assert_eq!(r.memory, Some(256));
         assert_eq!(r.kernel, KernelChoice::Tuned);
@@ -187,7 +189,10 @@ mod tests {
 
     #[test]
     fn kernel_choice_parses_paths() {
-        assert_eq!("stock".parse::<KernelChoice>().unwrap(), KernelChoice::Stock);
+        assert_eq!(
+            "stock".parse::<KernelChoice>().unwrap(),
+            KernelChoice::Stock
+        );
         assert_eq!(
             "/boot/vmlinuz".parse::<KernelChoice>().unwrap(),
             KernelChoice::Path("/boot/vmlinuz".into())

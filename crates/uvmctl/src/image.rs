@@ -35,7 +35,11 @@ pub async fn ensure_image(kind: KernelKind) -> anyhow::Result<Image> {
         progress.finish();
         if started.elapsed() > Duration::from_secs(2) {
             if let Ok(img) = &image {
-                eprintln!("image ({label}) ready in {:.1?}: {}", started.elapsed(), img.kernel.display());
+                eprintln!(
+                    "image ({label}) ready in {:.1?}: {}",
+                    started.elapsed(),
+                    img.kernel.display()
+                );
             }
         }
         image
@@ -67,7 +71,11 @@ impl BuildProgress {
         );
         bar.enable_steady_tick(Duration::from_millis(200));
         let steps_file = uvm_image::cache_dir().join("kernel").join("build-steps");
-        BuildProgress { bar, steps: 0.into(), steps_file }
+        BuildProgress {
+            bar,
+            steps: 0.into(),
+            steps_file,
+        }
     }
 
     fn line(&self, line: &str) {
@@ -92,7 +100,8 @@ impl BuildProgress {
             }
             self.bar.set_position(n);
         }
-        self.bar.set_message(line.trim().chars().take(80).collect::<String>());
+        self.bar
+            .set_message(line.trim().chars().take(80).collect::<String>());
     }
 
     fn finish(&self) {
@@ -106,9 +115,15 @@ impl BuildProgress {
 
 /// Whether a kernel build output line is one kbuild step (`  CC      kernel/fork.o`).
 fn is_kbuild_step(line: &str) -> bool {
-    let Some(rest) = line.strip_prefix("  ") else { return false };
+    let Some(rest) = line.strip_prefix("  ") else {
+        return false;
+    };
     let word = rest.split_whitespace().next().unwrap_or("");
-    !word.is_empty() && word.len() <= 8 && word.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+    !word.is_empty()
+        && word.len() <= 8
+        && word
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// The default document for an image.
@@ -124,7 +139,10 @@ pub fn default_document(image: &Image, memory_mb: Option<u64>, cpus: Option<u32>
 /// `uvmctl doc`.
 pub async fn doc(args: DocArgs) -> anyhow::Result<()> {
     let image = ensure_image(KernelKind::from(&args.kernel)).await?;
-    println!("{}", default_document(&image, args.memory, args.cpus).to_json_pretty());
+    println!(
+        "{}",
+        default_document(&image, args.memory, args.cpus).to_json_pretty()
+    );
     Ok(())
 }
 
@@ -167,7 +185,12 @@ pub async fn image(cmd: ImageCommand) -> anyhow::Result<()> {
 }
 
 fn print_image(img: &Image) {
-    println!("kernel:  {} ({}, {:?})", img.kernel.display(), size(&img.kernel), img.machine);
+    println!(
+        "kernel:  {} ({}, {:?})",
+        img.kernel.display(),
+        size(&img.kernel),
+        img.machine
+    );
     println!("initrd:  {} ({})", img.initrd.display(), size(&img.initrd));
     println!("cmdline: {}", img.cmdline);
 }

@@ -18,13 +18,20 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => {
             // --help/--version print and exit 0; every usage error is ours: 125.
-            let code = if e.use_stderr() { exit::UVMCTL_FAILED } else { 0 };
+            let code = if e.use_stderr() {
+                exit::UVMCTL_FAILED
+            } else {
+                0
+            };
             let _ = e.print();
             std::process::exit(code);
         }
     };
     logging::init(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("uvmctl: starting the async runtime: {e}");

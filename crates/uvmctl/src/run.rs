@@ -26,7 +26,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let tty = args.tty || interactive_shell;
     let interactive = args.interactive || interactive_shell;
-    let cmd = if interactive_shell { vec!["/bin/sh".to_owned()] } else { args.cmd.clone() };
+    let cmd = if interactive_shell {
+        vec!["/bin/sh".to_owned()]
+    } else {
+        args.cmd.clone()
+    };
     for e in &args.env {
         if !e.contains('=') {
             bail!("--env {e:?}: expected KEY=VALUE");
@@ -34,13 +38,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
 
     let document = load_document(&args).await?;
-    let id = args.id.clone().unwrap_or_else(|| format!("uvmctl-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]));
+    let id = args.id.clone().unwrap_or_else(|| {
+        format!(
+            "uvmctl-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    });
     let manager = Arc::new(Manager::new());
     let mut timings = Timings::default();
 
     let t = Instant::now();
     manager
-        .create_vm(CreateOptions { id: id.clone(), document })
+        .create_vm(CreateOptions {
+            id: id.clone(),
+            document,
+        })
         .await
         .context("creating the VM")?;
     timings.create = Some(t.elapsed());
@@ -56,7 +68,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             env: args.env.clone(),
             workdir: args.workdir.clone(),
             terminal: tty,
-            window: if tty { host_window_size().map(|(r, c)| (r as u16, c as u16)) } else { None },
+            window: if tty {
+                host_window_size().map(|(r, c)| (r as u16, c as u16))
+            } else {
+                None
+            },
         };
         let t = Instant::now();
         let process = match guest.spawn(spec).await {
@@ -88,7 +104,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         RunEnd::Refused(e) => refused_code(&cmd[0], e)?,
         RunEnd::Interrupted(sig) => exit::signaled(sig),
         RunEnd::TimedOut(d) => {
-            eprintln!("uvmctl: {} timed out after {}", cmd[0], humantime::format_duration(d));
+            eprintln!(
+                "uvmctl: {} timed out after {}",
+                cmd[0],
+                humantime::format_duration(d)
+            );
             exit::UVMCTL_FAILED
         }
     })
@@ -126,7 +146,8 @@ async fn load_document(args: &RunArgs) -> anyhow::Result<ComputeSystem> {
         let json = tokio::fs::read_to_string(path)
             .await
             .with_context(|| format!("reading VM document {}", path.display()))?;
-        let mut doc = ComputeSystem::from_json(&json).with_context(|| format!("VM document {}", path.display()))?;
+        let mut doc = ComputeSystem::from_json(&json)
+            .with_context(|| format!("VM document {}", path.display()))?;
         if let Some(vm) = doc.virtual_machine.as_mut() {
             if let Some(mb) = args.memory {
                 vm.compute_topology.memory.size_in_mb = mb;
@@ -142,7 +163,10 @@ async fn load_document(args: &RunArgs) -> anyhow::Result<ComputeSystem> {
 }
 
 /// Awaits `fut` unless SIGINT/SIGTERM arrives first.
-async fn interruptible<T, E>(fut: impl std::future::Future<Output = Result<T, E>>, what: &'static str) -> anyhow::Result<T>
+async fn interruptible<T, E>(
+    fut: impl std::future::Future<Output = Result<T, E>>,
+    what: &'static str,
+) -> anyhow::Result<T>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -168,7 +192,11 @@ async fn attach(
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut winch = signal(SignalKind::window_change())?;
-    let _raw = if tty && std::io::stdin().is_terminal() { RawMode::enable()? } else { None };
+    let _raw = if tty && std::io::stdin().is_terminal() {
+        RawMode::enable()?
+    } else {
+        None
+    };
     let stdin_task = match (process.stdin.take(), interactive) {
         (Some(stdin), true) => Some(tokio::spawn(copy_then_close(tokio::io::stdin(), stdin))),
         (Some(mut stdin), false) => {
@@ -177,8 +205,14 @@ async fn attach(
         }
         (None, _) => None,
     };
-    let out = process.stdout.take().map(|o| tokio::spawn(copy_out(o, tokio::io::stdout())));
-    let err = process.stderr.take().map(|e| tokio::spawn(copy_out(e, tokio::io::stderr())));
+    let out = process
+        .stdout
+        .take()
+        .map(|o| tokio::spawn(copy_out(o, tokio::io::stdout())));
+    let err = process
+        .stderr
+        .take()
+        .map(|e| tokio::spawn(copy_out(e, tokio::io::stderr())));
     let deadline = async {
         match timeout {
             Some(d) => tokio::time::sleep(d).await,

@@ -64,13 +64,25 @@ pub fn rows(t: &Timings) -> Vec<(&'static str, String)> {
     ];
     if let Some(s) = &t.stats {
         if let Some(p) = &s.processor {
-            rows.push(("vCPU time", format!("{:.1} ms", p.total_runtime_ns as f64 / 1e6)));
+            rows.push((
+                "vCPU time",
+                format!("{:.1} ms", p.total_runtime_ns as f64 / 1e6),
+            ));
         }
         if let Some(m) = &s.memory {
-            rows.push(("working set (host RSS)", format!("{:.1} MiB", m.working_set_bytes as f64 / 1048576.0)));
+            rows.push((
+                "working set (host RSS)",
+                format!("{:.1} MiB", m.working_set_bytes as f64 / 1048576.0),
+            ));
             if let Some(v) = &m.vm_memory {
-                rows.push(("assigned memory", format!("{} MiB", v.assigned_memory / 1048576)));
-                rows.push(("guest available memory", format!("{} MiB", v.available_memory)));
+                rows.push((
+                    "assigned memory",
+                    format!("{} MiB", v.assigned_memory / 1048576),
+                ));
+                rows.push((
+                    "guest available memory",
+                    format!("{} MiB", v.available_memory),
+                ));
             }
         }
     }
@@ -97,7 +109,10 @@ mod tests {
 
     #[test]
     fn json_has_every_timing() {
-        let t = Timings { create: Some(Duration::from_millis(12)), ..Default::default() };
+        let t = Timings {
+            create: Some(Duration::from_millis(12)),
+            ..Default::default()
+        };
         let v = to_json(&t);
         assert_eq!(v["timings_ms"]["create"], 12.0);
         assert!(v["timings_ms"]["start"].is_null());

@@ -37,7 +37,12 @@ nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
 
 /// Rows and columns of the terminal on `fd`, if it is one.
 pub fn window_size(fd: BorrowedFd<'_>) -> Option<(u32, u32)> {
-    let mut ws = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+    let mut ws = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     // SAFETY: TIOCGWINSZ writes one `winsize` into the pointer we pass, which
     // points at a live, properly aligned local; the fd is borrowed and open.
     let r = unsafe { tiocgwinsz(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut ws) };

@@ -9,16 +9,27 @@ fn exit_codes_follow_container_clis() {
     let sb = Sandbox::new();
     let out = sb.run(&["run", "--", "uname", "-r"], None);
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
-    assert!(stdout(&out).trim().starts_with("6."), "uname -r said {:?}", stdout(&out));
+    assert!(
+        stdout(&out).trim().starts_with("6."),
+        "uname -r said {:?}",
+        stdout(&out)
+    );
 
-    let out = sb.run(&["run", "--", "sh", "-c", "echo out; echo err >&2; exit 7"], None);
+    let out = sb.run(
+        &["run", "--", "sh", "-c", "echo out; echo err >&2; exit 7"],
+        None,
+    );
     assert_eq!(code(&out), 7, "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "out\n");
     assert!(stderr(&out).contains("err\n"), "stderr: {}", stderr(&out));
 
     let out = sb.run(&["run", "--", "no-such-binary"], None);
     assert_eq!(code(&out), 127, "stderr: {}", stderr(&out));
-    assert!(stderr(&out).contains("no-such-binary"), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no-such-binary"),
+        "stderr: {}",
+        stderr(&out)
+    );
 
     let out = sb.run(&["run", "--", "/proc/version"], None);
     assert_eq!(code(&out), 126, "stderr: {}", stderr(&out));
@@ -41,7 +52,10 @@ fn bad_input_is_refused_with_125_before_anything_starts() {
     ] {
         let out = sb.run(args, None);
         assert_eq!(code(&out), 125, "{args:?}: stderr: {}", stderr(&out));
-        assert!(!stderr(&out).trim().is_empty(), "{args:?}: no error message");
+        assert!(
+            !stderr(&out).trim().is_empty(),
+            "{args:?}: no error message"
+        );
         assert!(sb.leftover_dirs().is_empty(), "{args:?} created a VM dir");
     }
     sb.assert_clean();
@@ -74,10 +88,29 @@ fn document_from_uvmctl_doc_runs() {
     assert!(out.status.success());
     let doc = sb.path().join("doc.json");
     std::fs::write(&doc, &out.stdout).unwrap();
-    let out = sb.run(&["run", "--doc", doc.to_str().unwrap(), "--", "grep", "MemTotal", "/proc/meminfo"], None);
+    let out = sb.run(
+        &[
+            "run",
+            "--doc",
+            doc.to_str().unwrap(),
+            "--",
+            "grep",
+            "MemTotal",
+            "/proc/meminfo",
+        ],
+        None,
+    );
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
-    let kib: u64 = stdout(&out).split_whitespace().nth(1).unwrap().parse().unwrap();
-    assert!((150_000..=200_000).contains(&kib), "MemTotal {kib} kB for a 192 MiB guest");
+    let kib: u64 = stdout(&out)
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (150_000..=200_000).contains(&kib),
+        "MemTotal {kib} kB for a 192 MiB guest"
+    );
     std::fs::remove_file(&doc).unwrap();
     sb.assert_clean();
 }
@@ -87,7 +120,11 @@ fn tty_gives_the_command_a_terminal() {
     let sb = Sandbox::new();
     let out = sb.run(&["run", "-t", "--", "tty"], None);
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
-    assert!(stdout(&out).contains("/dev/pts/"), "tty said {:?}", stdout(&out));
+    assert!(
+        stdout(&out).contains("/dev/pts/"),
+        "tty said {:?}",
+        stdout(&out)
+    );
     let out = sb.run(&["run", "--", "tty"], None);
     assert_ne!(code(&out), 0, "without -t, tty must say 'not a tty'");
     sb.assert_clean();
@@ -108,13 +145,26 @@ fn stats_report_is_json_with_timings() {
     let sb = Sandbox::new();
     let out = sb.run(&["run", "--stats", "--json", "--", "true"], None);
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
-    let line = stderr(&out).lines().rev().find(|l| l.starts_with('{')).map(str::to_owned).expect("json line");
+    let line = stderr(&out)
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .map(str::to_owned)
+        .expect("json line");
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     for k in ["create", "start", "exec", "terminate"] {
-        assert!(v["timings_ms"][k].as_f64().unwrap() > 0.0, "{k} missing in {v}");
+        assert!(
+            v["timings_ms"][k].as_f64().unwrap() > 0.0,
+            "{k} missing in {v}"
+        );
     }
     assert!(v["stats"]["memory"]["working_set_bytes"].as_u64().unwrap() > 0);
-    assert!(v["stats"]["processor"]["total_runtime_ns"].as_u64().unwrap() > 0);
+    assert!(
+        v["stats"]["processor"]["total_runtime_ns"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     sb.assert_clean();
 }
 
@@ -123,7 +173,11 @@ fn timeout_terminates_the_vm() {
     let sb = Sandbox::new();
     let out = sb.run(&["run", "--timeout", "3s", "--", "sleep", "600"], None);
     assert_eq!(code(&out), 125, "stderr: {}", stderr(&out));
-    assert!(stderr(&out).contains("timed out"), "stderr: {}", stderr(&out));
+    assert!(
+        stderr(&out).contains("timed out"),
+        "stderr: {}",
+        stderr(&out)
+    );
     sb.assert_clean();
 }
 
@@ -132,7 +186,11 @@ fn no_command_on_a_terminal_gives_an_interactive_shell() {
     // `script` (util-linux) gives uvmctl a pseudo-terminal as its stdin/stdout.
     let sb = Sandbox::new();
     let mut child = std::process::Command::new("script")
-        .args(["-qec", &format!("{} run", common::uvmctl_bin()), "/dev/null"])
+        .args([
+            "-qec",
+            &format!("{} run", common::uvmctl_bin()),
+            "/dev/null",
+        ])
         .env("UVM_RUNTIME_DIR", sb.path())
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
@@ -140,7 +198,12 @@ fn no_command_on_a_terminal_gives_an_interactive_shell() {
         .spawn()
         .expect("script(1) from util-linux");
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"echo hello-$((40+2))\nexit 5\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"echo hello-$((40+2))\nexit 5\n")
+        .unwrap();
     let out = common::wait_output(child, std::time::Duration::from_secs(120));
     let text = stdout(&out).replace('\r', "");
     assert!(text.contains("hello-42"), "shell output: {text:?}");
@@ -192,7 +255,18 @@ fn hcsshim_shaped_document_runs() {
     std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
     // Two vCPUs, and the read-only SCSI disk is a 1 MiB block device full of 0x5a.
     let script = "nproc; head -c 4 /dev/vda; echo; echo x > /dev/vda 2>/dev/null && echo writable || echo read-only";
-    let out = sb.run(&["run", "--doc", path.to_str().unwrap(), "--", "sh", "-c", script], None);
+    let out = sb.run(
+        &[
+            "run",
+            "--doc",
+            path.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        None,
+    );
     assert_eq!(code(&out), 0, "stderr: {}", stderr(&out));
     assert_eq!(stdout(&out), "2\nZZZZ\nread-only\n");
     sb.assert_clean();

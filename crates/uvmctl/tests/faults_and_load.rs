@@ -36,7 +36,10 @@ fn start_sleeper(sb: &Sandbox) -> std::process::Child {
         other => {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!("guest command never started ({other:?}): {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "guest command never started ({other:?}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 }
@@ -49,7 +52,10 @@ fn sigkill_of_uvmctl_takes_its_vm_down_and_the_next_run_sweeps() {
     assert_eq!(sb.leftover_dirs().len(), 1, "one runtime dir for the run");
     kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
     let out = wait_output(child, Duration::from_secs(10));
-    assert!(out.status.code().is_none(), "uvmctl should have died by the signal");
+    assert!(
+        out.status.code().is_none(),
+        "uvmctl should have died by the signal"
+    );
     // PR_SET_PDEATHSIG: QEMU follows its controller.
     let deadline = Instant::now() + Duration::from_secs(15);
     while !sb.qemu_pids().is_empty() && Instant::now() < deadline {
@@ -111,7 +117,9 @@ const CONNECT_PROBE: &str = "UVMCTL_TEST_CONNECT_PROBE";
 /// Exit code of the probe: 0 connected, 13 permission denied, 1 other error.
 #[test]
 fn connect_probe() {
-    let Some(path) = std::env::var_os(CONNECT_PROBE) else { return };
+    let Some(path) = std::env::var_os(CONNECT_PROBE) else {
+        return;
+    };
     let code = match std::os::unix::net::UnixStream::connect(&path) {
         Ok(_) => 0,
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => 13,
@@ -150,24 +158,42 @@ fn another_uid_cannot_reach_the_vm_sockets() {
     let open = sb.path().join("open.sock");
     let _listener = std::os::unix::net::UnixListener::bind(&open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-    assert_eq!(probe_as_nobody(&open), 0, "the probe cannot connect even to an open socket");
+    assert_eq!(
+        probe_as_nobody(&open),
+        0,
+        "the probe cannot connect even to an open socket"
+    );
     drop(_listener);
     std::fs::remove_file(&open).unwrap();
     let mut child = start_sleeper(&sb);
     let dirs = sb.leftover_dirs();
     assert_eq!(dirs.len(), 1);
     let vm_dir = &dirs[0];
-    assert_eq!(std::fs::metadata(vm_dir).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(vm_dir).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
     let sockets: Vec<_> = std::fs::read_dir(vm_dir)
         .unwrap()
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "sock"))
         .collect();
-    assert!(sockets.len() >= 3, "expected qmp/gcs/log sockets, found {sockets:?}");
+    assert!(
+        sockets.len() >= 3,
+        "expected qmp/gcs/log sockets, found {sockets:?}"
+    );
     for s in &sockets {
-        assert_eq!(std::fs::metadata(s).unwrap().permissions().mode() & 0o777, 0o600, "{s:?}");
-        assert_eq!(probe_as_nobody(s), 13, "{s:?} reachable through the 0700 dir");
+        assert_eq!(
+            std::fs::metadata(s).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{s:?}"
+        );
+        assert_eq!(
+            probe_as_nobody(s),
+            13,
+            "{s:?} reachable through the 0700 dir"
+        );
     }
     // Even with the directory opened up, each socket's 0600 mode refuses.
     std::fs::set_permissions(vm_dir, std::fs::Permissions::from_mode(0o755)).unwrap();

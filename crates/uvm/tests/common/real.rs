@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use uvm::{Controller, CreateOptions, Error, ExecRequest, Manager, StartOptions, State};
+use uvm::{
+    Controller, CreateOptions, Error, ExecRequest, Manager, ManagerConfig, StartOptions, State,
+};
 use uvm_image::KernelKind;
 
 pub static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -75,8 +77,25 @@ impl VmGuard {
         Some(g)
     }
 
+    /// Boots a VM on a Manager with `config` (its gcs_timeout raised to 120 s).
+    #[allow(dead_code)] // not every test binary uses every helper
+    pub async fn boot_config(mem_mb: u64, config: ManagerConfig) -> Option<VmGuard> {
+        let g = Self::create_config(mem_mb, config).await?;
+        g.mgr
+            .start_vm(StartOptions::default())
+            .await
+            .expect("start_vm");
+        assert_eq!(g.mgr.state(), State::Running);
+        Some(g)
+    }
+
     /// Creates (does not start) a VM, or None when prerequisites are missing.
     pub async fn create(mem_mb: u64) -> Option<VmGuard> {
+        Self::create_config(mem_mb, ManagerConfig::default()).await
+    }
+
+    /// [`VmGuard::create`] on a Manager with `config` (gcs_timeout 120 s).
+    pub async fn create_config(mem_mb: u64, config: ManagerConfig) -> Option<VmGuard> {
         let serial = SERIAL.lock().await;
         let img = image().await?;
         let runtime_root = tempfile::tempdir().unwrap();
@@ -86,7 +105,10 @@ impl VmGuard {
             .processors(1)
             .cmdline(img.cmdline.clone())
             .build();
-        let mgr = Arc::new(Manager::new().with_gcs_timeout(Duration::from_secs(120)));
+        let mgr = Arc::new(Manager::from_config(ManagerConfig {
+            gcs_timeout: Duration::from_secs(120),
+            ..config
+        }));
         let id = format!("rt-{}", std::process::id());
         if let Err(e) = mgr.create_vm(CreateOptions { id, document: doc }).await {
             if matches!(

@@ -24,7 +24,13 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn new() -> Self {
         prepare_image();
-        Sandbox { root: tempfile::Builder::new().prefix("uvmctl-test-").tempdir_in(test_tmp()).unwrap(), check_on_drop: true }
+        Sandbox {
+            root: tempfile::Builder::new()
+                .prefix("uvmctl-test-")
+                .tempdir_in(test_tmp())
+                .unwrap(),
+            check_on_drop: true,
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -42,7 +48,11 @@ impl Sandbox {
     pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         let mut c = self.cmd();
         c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        c.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+        c.stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
         let mut child = c.spawn().expect("spawn uvmctl");
         if let Some(data) = stdin {
             let mut w = child.stdin.take().unwrap();
@@ -69,7 +79,11 @@ impl Sandbox {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert_eq!(self.qemu_pids(), Vec::<u32>::new(), "QEMU left running");
-        assert_eq!(self.leftover_dirs(), Vec::<PathBuf>::new(), "runtime dirs left");
+        assert_eq!(
+            self.leftover_dirs(),
+            Vec::<PathBuf>::new(),
+            "runtime dirs left"
+        );
     }
 
     pub fn skip_check(&mut self) {
@@ -81,11 +95,18 @@ impl Drop for Sandbox {
     fn drop(&mut self) {
         let pids = self.qemu_pids();
         for pid in &pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::SIGKILL,
+            );
         }
         if self.check_on_drop && !std::thread::panicking() {
             assert!(pids.is_empty(), "QEMU left running: {pids:?}");
-            assert_eq!(self.leftover_dirs(), Vec::<PathBuf>::new(), "runtime dirs left");
+            assert_eq!(
+                self.leftover_dirs(),
+                Vec::<PathBuf>::new(),
+                "runtime dirs left"
+            );
         }
     }
 }
@@ -99,8 +120,15 @@ fn test_tmp() -> PathBuf {
 pub fn prepare_image() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let out = Command::new(uvmctl_bin()).args(["image", "build"]).output().expect("uvmctl image build");
-        assert!(out.status.success(), "uvmctl image build failed: {}", String::from_utf8_lossy(&out.stderr));
+        let out = Command::new(uvmctl_bin())
+            .args(["image", "build"])
+            .output()
+            .expect("uvmctl image build");
+        assert!(
+            out.status.success(),
+            "uvmctl image build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     });
 }
 
@@ -114,7 +142,10 @@ pub fn wait_output(mut child: std::process::Child, limit: Duration) -> Output {
         if Instant::now() > deadline {
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
-            panic!("uvmctl did not finish in {limit:?}; stderr: {}", String::from_utf8_lossy(&out.stderr));
+            panic!(
+                "uvmctl did not finish in {limit:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -125,8 +156,12 @@ pub fn qemu_pids_mentioning(path: &Path) -> Vec<u32> {
     let needle = path.to_string_lossy().into_owned();
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let is_qemu = cmdline.starts_with("qemu-system") || cmdline.contains("/qemu-system");
         if is_qemu && cmdline.contains(&needle) {
@@ -137,7 +172,9 @@ pub fn qemu_pids_mentioning(path: &Path) -> Vec<u32> {
 }
 
 pub fn code(out: &Output) -> i32 {
-    out.status.code().unwrap_or_else(|| panic!("uvmctl killed: {:?}", out.status))
+    out.status
+        .code()
+        .unwrap_or_else(|| panic!("uvmctl killed: {:?}", out.status))
 }
 
 pub fn stdout(out: &Output) -> String {

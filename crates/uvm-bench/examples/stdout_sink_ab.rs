@@ -1,0 +1,63 @@
+//! Profiling aid: guest stdout (dd, 64 KiB blocks) through exec, host side
+//! discarding vs writing a host file, interleaved with the raw virtio-serial
+//! baselines (static buffer, and /dev/zero reads as dd does); MiB/s medians.
+//! `cargo run --release -p uvm-bench --example stdout_sink_ab -- [MIB] [RUNS]`
+
+use uvm_bench::ours::OurVm;
+use uvm_bench::raw;
+use uvm_bench::stats::median;
+
+#[tokio::main]
+async fn main() {
+    let mut args = std::env::args().skip(1);
+    let mib: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(256);
+    let runs: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let image = uvm_image::ensure_image(&uvm_bench::KernelKind::Tuned, &|_| {}).expect("image");
+    let vm = OurVm::boot("stdout-sink-ab", &image, 128, 1)
+        .await
+        .expect("boot");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let count = format!("count={}", (mib << 20) >> 16);
+    let dd = ["dd", "if=/dev/zero", "bs=65536", &count];
+    let raw_img = uvm_bench::setup::raw_image(&uvm_bench::KernelKind::Tuned).expect("raw image");
+    let opts = uvm_bench::BenchOptions::quick();
+    let base = uvm_bench::setup::baseline(&raw_img, &raw_img.initrd, &opts, 128);
+    let raw_mib_s = |s: raw::RawSample| {
+        let (n, d) = s.payload.expect("payload");
+        n as f64 / (1 << 20) as f64 / d.as_secs_f64()
+    };
+    let (mut discard, mut file, mut rs, mut rz, mut null) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        rs.push(raw_mib_s(
+            raw::raw_run_from(&base, Some(mib << 20), raw::RawSource::Static)
+                .await
+                .expect("raw"),
+        ));
+        rz.push(raw_mib_s(
+            raw::raw_run_from(&base, Some(mib << 20), raw::RawSource::Zero)
+                .await
+                .expect("raw"),
+        ));
+        let (_, d) = vm.exec(&dd, None).await.expect("exec");
+        discard.push(mib as f64 / d.as_secs_f64());
+        let (_, d) = vm.exec(&dd, Some(&out)).await.expect("exec");
+        file.push(mib as f64 / d.as_secs_f64());
+        let _ = std::fs::remove_file(&out);
+        let (_, d) = vm
+            .exec(&dd, Some(std::path::Path::new("/dev/null")))
+            .await
+            .expect("exec");
+        null.push(mib as f64 / d.as_secs_f64());
+    }
+    println!(
+        "{mib} MiB x {runs}: discarded {:.1} MiB/s, to a host file {:.1} MiB/s; raw static {:.1}, raw dd-like {:.1} MiB/s; to /dev/null {:.1}",
+        median(&discard).unwrap(),
+        median(&file).unwrap(),
+        median(&rs).unwrap(),
+        median(&rz).unwrap(),
+        median(&null).unwrap()
+    );
+    vm.terminate().await.expect("terminate");
+}

@@ -1,0 +1,176 @@
+//! Stdout ports in a real VM: a process writes its stdout straight to a
+//! virtio-serial port and the host reads exactly the bytes the agent counted,
+//! so consecutive processes on one port never see each other's output.
+
+mod common;
+
+use std::time::Duration;
+
+use common::real::VmGuard;
+use tokio::io::AsyncReadExt;
+use uvm::{Controller, ManagerConfig};
+use uvm_guest::{ExitOutcome, Guest, ProcessSpec};
+
+/// More than the default, so reuse, fallback and retirement all show.
+const PORTS: usize = 3;
+
+async fn boot() -> Option<VmGuard> {
+    VmGuard::boot_config(
+        256,
+        ManagerConfig {
+            stdout_ports: PORTS as u32,
+            ..ManagerConfig::default()
+        },
+    )
+    .await
+}
+
+/// Runs `sh -c script`; returns (stdout, stderr, outcome, stdout on a port).
+async fn sh(guest: &Guest, script: &str) -> (String, String, ExitOutcome, bool) {
+    let spec = ProcessSpec {
+        args: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    };
+    let mut p = guest.spawn(spec).await.unwrap();
+    drop(p.stdin.take());
+    let mut out = p.stdout.take().unwrap();
+    let mut err = p.stderr.take().unwrap();
+    let (mut o, mut e) = (String::new(), String::new());
+    let read = async {
+        tokio::try_join!(out.read_to_string(&mut o), err.read_to_string(&mut e)).unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .expect("output bounded");
+    let status = p.wait().await.unwrap();
+    (o, e, status, p.stdout_on_port())
+}
+
+/// What `seq 1 n` prints.
+fn seq(n: usize) -> String {
+    (1..=n).map(|i| format!("{i}\n")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_consecutive_processes_get_exactly_their_own_output() {
+    let Some(vm) = boot().await else {
+        return;
+    };
+    let guest = vm.mgr.guest().unwrap();
+    assert_eq!(guest.idle_stdout_ports(), PORTS, "every port connected");
+    // More processes than ports, lengths around the relay's read size, so
+    // every port is reused and boundaries fall mid-read.
+    for i in 0..(3 * PORTS) {
+        let n = 1 + i * 9_000;
+        let (out, err, status, on_port) = sh(&guest, &format!("seq 1 {n}; echo err{i} >&2")).await;
+        assert!(on_port, "exec {i}: stdout did not use a port");
+        assert_eq!(status, ExitOutcome::Code(0));
+        assert_eq!(err, format!("err{i}\n"), "exec {i}: stderr");
+        assert!(
+            out == seq(n),
+            "exec {i}: {} bytes, want {}",
+            out.len(),
+            seq(n).len()
+        );
+    }
+    assert_eq!(
+        guest.idle_stdout_ports(),
+        PORTS,
+        "every port back in the pool"
+    );
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_more_concurrent_processes_than_ports() {
+    let Some(vm) = boot().await else {
+        return;
+    };
+    let guest = vm.mgr.guest().unwrap();
+    let runs = (0..PORTS + 3).map(|i| {
+        let guest = guest.clone();
+        async move {
+            let n = 20_000 + i;
+            // `sleep` keeps all of them running at once.
+            let (out, _, status, on_port) = sh(&guest, &format!("sleep 1; seq 1 {n}")).await;
+            assert_eq!(status, ExitOutcome::Code(0));
+            assert!(
+                out == seq(n),
+                "exec {i}: {} bytes, want {}",
+                out.len(),
+                seq(n).len()
+            );
+            on_port
+        }
+    });
+    let on_port = futures::future::join_all(runs).await;
+    let n = on_port.iter().filter(|p| **p).count();
+    assert!(
+        (1..=PORTS).contains(&n),
+        "{n} of {} processes on a port, {PORTS} ports",
+        on_port.len()
+    );
+    assert_eq!(guest.idle_stdout_ports(), PORTS);
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_a_background_writer_retires_its_port_and_leaks_nowhere() {
+    let Some(vm) = boot().await else {
+        return;
+    };
+    let guest = vm.mgr.guest().unwrap();
+    // The shell exits at once; its background child keeps stdout and writes
+    // after the agent's drain period (2 s).
+    let (out, _, status, on_port) = sh(&guest, "echo first; (sleep 4; echo LATE) & exit 3").await;
+    assert!(on_port);
+    assert_eq!(status, ExitOutcome::Code(3));
+    assert_eq!(out, "first\n");
+    assert_eq!(
+        guest.idle_stdout_ports(),
+        PORTS - 1,
+        "the held port is retired"
+    );
+    // Later processes, on the remaining ports, never see the late line.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut i = 0;
+    while tokio::time::Instant::now() < deadline {
+        let (out, _, status, on_port) = sh(&guest, &format!("echo next{i}")).await;
+        assert!(on_port);
+        assert_eq!(status, ExitOutcome::Code(0));
+        assert_eq!(out, format!("next{i}\n"));
+        i += 1;
+    }
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_default_vm_has_one_port_and_none_when_disabled() {
+    let Some(vm) = VmGuard::boot(256).await else {
+        return;
+    };
+    let guest = vm.mgr.guest().unwrap();
+    assert_eq!(
+        guest.idle_stdout_ports(),
+        uvm_proto::ports::STDOUT_PORTS as usize
+    );
+    vm.finish().await;
+    let Some(vm) = VmGuard::boot_config(
+        256,
+        ManagerConfig {
+            stdout_ports: 0,
+            ..ManagerConfig::default()
+        },
+    )
+    .await
+    else {
+        return;
+    };
+    let guest = vm.mgr.guest().unwrap();
+    assert_eq!(guest.idle_stdout_ports(), 0);
+    let (out, _, status, on_port) = sh(&guest, "seq 1 1000").await;
+    assert!(!on_port, "no port to use");
+    assert_eq!(status, ExitOutcome::Code(0));
+    assert_eq!(out, seq(1000));
+    vm.finish().await;
+}
