@@ -27,9 +27,6 @@ pub const STREAM_WINDOW: u32 = 4 << 20;
 /// HTTP/2 flow-control window of the whole GCS connection.
 pub const CONNECTION_WINDOW: u32 = 8 << 20;
 
-/// Bound of accepting each stdout port once the GCS connection is up.
-const STDOUT_PORT_ACCEPT: Duration = Duration::from_secs(2);
-
 /// Any byte stream the GCS can run over (a unix socket, an in-memory pipe).
 pub trait GcsIo: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> GcsIo for T {}
@@ -154,10 +151,7 @@ impl Guest {
             stream
         };
         self.attach(stream).await?;
-        // The hypervisor connected these at spawn, like the GCS socket.
-        self.stdout_ports
-            .accept(STDOUT_PORT_ACCEPT.min(timeout))
-            .await;
+        self.stdout_ports.accept_in_background(self.closed.clone());
         Ok(())
     }
 

@@ -56,18 +56,24 @@ impl PortPool {
         }
     }
 
-    /// Accepts the pending port connections (the hypervisor connected them
-    /// at spawn), each within `timeout`. A port that does not connect is
-    /// left out: its processes' stdout goes through gRPC.
-    pub(crate) async fn accept(&self, timeout: Duration) {
-        let pending = std::mem::take(&mut *self.pending.lock().await);
-        for (name, listener) in pending {
-            match tokio::time::timeout(timeout, listener.accept()).await {
-                Ok(Ok((stream, _))) => self.put(StdoutPort { name, stream }),
-                Ok(Err(e)) => tracing::warn!(port = %name, error = %e, "accepting a stdout port"),
-                Err(_) => tracing::warn!(port = %name, "stdout port did not connect"),
+    /// Accepts the pending port connections in the background (the
+    /// hypervisor connected them at spawn, so this is immediate), adding each
+    /// to the idle ports; gives up when `closed` is cancelled. Until a port
+    /// is in, processes send their stdout through gRPC.
+    pub(crate) fn accept_in_background(self: &Arc<Self>, closed: CancellationToken) {
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let pending = std::mem::take(&mut *pool.pending.lock().await);
+            for (name, listener) in pending {
+                tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok((stream, _)) => pool.put(StdoutPort { name, stream }),
+                        Err(e) => tracing::warn!(port = %name, error = %e, "accepting a stdout port"),
+                    },
+                    _ = closed.cancelled() => return,
+                }
             }
-        }
+        });
     }
 
     /// An idle port, if any.

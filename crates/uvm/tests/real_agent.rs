@@ -39,6 +39,7 @@ async fn real_ten_mib_of_random_bytes_through_cat_byte_exact() {
         return;
     };
     let guest = vm.mgr.guest().unwrap();
+    common::real::stdout_ports_ready(&guest, 1).await;
     let mut data = vec![0u8; 10 << 20];
     rand::thread_rng().fill_bytes(&mut data);
     let mut p = guest.spawn(spec(&["cat"])).await.unwrap();
@@ -227,6 +228,7 @@ async fn real_stock_kernel_boots_and_runs_commands() {
         panic!("stock kernel start: {e}: {}", common::real::chain(&e));
     }
     let guest = mgr.guest().unwrap();
+    common::real::stdout_ports_ready(&guest, 1).await;
     let mut p = guest.spawn(spec(&["uname", "-r"])).await.unwrap();
     // The stock kernel has debugfs, so its port counters work too.
     assert!(p.stdout_on_port(), "stock kernel: stdout on a port");

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::real::VmGuard;
+use common::real::{stdout_ports_ready, VmGuard};
 use tokio::io::AsyncReadExt;
 use uvm::{Controller, ManagerConfig};
 use uvm_guest::{ExitOutcome, Guest, ProcessSpec};
@@ -57,7 +57,7 @@ async fn real_consecutive_processes_get_exactly_their_own_output() {
         return;
     };
     let guest = vm.mgr.guest().unwrap();
-    assert_eq!(guest.idle_stdout_ports(), PORTS, "every port connected");
+    stdout_ports_ready(&guest, PORTS).await;
     // More processes than ports, lengths around the relay's read size, so
     // every port is reused and boundaries fall mid-read.
     for i in 0..(3 * PORTS) {
@@ -87,6 +87,7 @@ async fn real_more_concurrent_processes_than_ports() {
         return;
     };
     let guest = vm.mgr.guest().unwrap();
+    stdout_ports_ready(&guest, PORTS).await;
     let runs = (0..PORTS + 3).map(|i| {
         let guest = guest.clone();
         async move {
@@ -120,6 +121,7 @@ async fn real_a_background_writer_retires_its_port_and_leaks_nowhere() {
         return;
     };
     let guest = vm.mgr.guest().unwrap();
+    stdout_ports_ready(&guest, PORTS).await;
     // The shell exits at once; its background child keeps stdout and writes
     // after the agent's drain period (2 s).
     let (out, _, status, on_port) = sh(&guest, "echo first; (sleep 4; echo LATE) & exit 3").await;
@@ -150,9 +152,12 @@ async fn real_default_vm_has_one_port_and_none_when_disabled() {
         return;
     };
     let guest = vm.mgr.guest().unwrap();
+    stdout_ports_ready(&guest, uvm_proto::ports::STDOUT_PORTS as usize).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         guest.idle_stdout_ports(),
-        uvm_proto::ports::STDOUT_PORTS as usize
+        uvm_proto::ports::STDOUT_PORTS as usize,
+        "no more ports than configured"
     );
     vm.finish().await;
     let Some(vm) = VmGuard::boot_config(
@@ -167,6 +172,7 @@ async fn real_default_vm_has_one_port_and_none_when_disabled() {
         return;
     };
     let guest = vm.mgr.guest().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(guest.idle_stdout_ports(), 0);
     let (out, _, status, on_port) = sh(&guest, "seq 1 1000").await;
     assert!(!on_port, "no port to use");

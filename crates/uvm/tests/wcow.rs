@@ -63,7 +63,11 @@ async fn wcow_variant() {
         .iter()
         .map(|c| c.role.clone())
         .collect();
-    assert_eq!(roles, ["gcs", "log"], "no entropy channel for WCOW");
+    assert_eq!(
+        roles,
+        ["gcs", "log", "stdout0"],
+        "no entropy channel for WCOW"
+    );
     e.mgr.start_vm(StartOptions::default()).await.unwrap();
     assert_eq!(e.mgr.state(), State::Running);
     assert_eq!(

@@ -186,3 +186,18 @@ pub fn req(args: &[&str]) -> ExecRequest {
         ..Default::default()
     }
 }
+
+/// Waits (bounded) until `guest` has `n` idle stdout ports: they are
+/// accepted in the background once the GCS connection is up.
+#[allow(dead_code)] // not every test binary uses every helper
+pub async fn stdout_ports_ready(guest: &uvm_guest::Guest, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while guest.idle_stdout_ports() < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {n} stdout ports after 10 s",
+            guest.idle_stdout_ports()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
