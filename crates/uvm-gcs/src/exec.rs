@@ -85,8 +85,8 @@ pub async fn exec_handler(
         spawn::prepare(&spec, &defaults, &policy)
     };
     let prepared = prepared.inspect_err(|s| tracing::info!(args = %summary(&spec.args), code = ?s.code(), error = s.message(), "exec rejected"))?;
-    let claim = claim_stdout_port(&shared, &spec);
-    let port_fd = match &claim {
+    let mut claim = claim_stdout_port(&shared, &spec);
+    let port_fd = match &mut claim {
         Some(c) => Some(
             c.child_fd()
                 .map_err(|e| Status::internal(format!("stdout port: {e}")))?,

@@ -1,20 +1,22 @@
 //! Stdout ports: a process writes its stdout straight to a virtio-serial port
 //! the host picked, so bulk output skips gRPC (and every copy in the agent).
 //!
-//! The process gets the port as fd 1. The agent never touches the data; it
-//! learns how much was written from the driver's per-port counter
-//! (`bytes_sent` in `/sys/kernel/debug/virtio-ports/vportNpM`), read before
-//! the process starts and again once no process holds the port any more.
-//! The difference goes to the host in `Exited.stdout_port_bytes`, and the
-//! host reads exactly that many bytes. A port that some process (a background
-//! grandchild) still holds after the drain period is retired: never handed
-//! out again, because what it writes later belongs to no exec.
+//! The agent opens the port, hands the descriptor to the process as fd 1 and
+//! keeps no copy. It never touches the data: the driver's per-port debugfs
+//! file (`/sys/kernel/debug/virtio-ports/vportNpM`) says how much was written
+//! (`bytes_sent`, read before the start and at the end) and whether any
+//! process still holds the port (`guest_connected` drops to 0 when the last
+//! descriptor closes). The difference goes to the host in
+//! `Exited.stdout_port_bytes`, and the host reads exactly that many bytes. A
+//! port that some process (a background grandchild) still holds after the
+//! drain period is retired: never handed out again, because what it writes
+//! later belongs to no exec.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,13 +48,10 @@ impl Default for PortPaths {
     }
 }
 
-/// An open port the agent keeps for the VM's lifetime (a virtio port can be
-/// opened by one file description at a time).
+/// A port the agent has used.
 struct Slot {
-    file: Arc<File>,
     /// `vportNpM`: device and counter file name.
     dev: String,
-    rdev: u64,
     in_use: bool,
     retired: bool,
 }
@@ -78,8 +77,8 @@ pub struct PortEnd {
 pub struct Claim {
     ports: Arc<StdoutPorts>,
     name: String,
-    file: Arc<File>,
-    rdev: u64,
+    /// The open port until [`Claim::child_fd`] hands it over.
+    file: Option<File>,
     stats: PathBuf,
     start: u64,
     done: bool,
@@ -105,19 +104,27 @@ impl StdoutPorts {
         })
     }
 
-    /// Claims the port named `name` for one process: opens it on first use,
-    /// and reads its counter. Fails if it is in use, retired, missing, or
+    /// Claims the port named `name` for one process: opens it (a virtio
+    /// port opens once at a time, so this fails while anything still holds
+    /// it) and reads its counter. Fails if it is in use, retired, missing, or
     /// its counter cannot be read (the caller then falls back to gRPC).
     pub fn claim(self: &Arc<Self>, name: &str) -> io::Result<Claim> {
         // Port names compare case-insensitively, as everywhere in the agent.
         let name = name.to_ascii_lowercase();
-        let name = name.as_str();
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if !slots.contains_key(name) {
-            let slot = self.open(name)?;
-            slots.insert(name.to_owned(), slot);
+        if !slots.contains_key(&name) {
+            let dev = find_port(&self.paths.class_dir, &name)?;
+            if self.paths.mount_debugfs && !self.paths.stats_dir.exists() {
+                mount_debugfs(&self.paths.stats_dir);
+            }
+            let slot = Slot {
+                dev,
+                in_use: false,
+                retired: false,
+            };
+            slots.insert(name.clone(), slot);
         }
-        let slot = slots.get_mut(name).expect("inserted above");
+        let slot = slots.get_mut(&name).expect("inserted above");
         if slot.retired {
             return Err(io::Error::other(format!("stdout port {name} is retired")));
         }
@@ -125,37 +132,20 @@ impl StdoutPorts {
             return Err(io::Error::other(format!("stdout port {name} is in use")));
         }
         let stats = self.paths.stats_dir.join(&slot.dev);
-        let start = read_bytes_sent(&stats)?;
-        slot.in_use = true;
-        Ok(Claim {
-            ports: self.clone(),
-            name: name.to_owned(),
-            file: slot.file.clone(),
-            rdev: slot.rdev,
-            stats,
-            start,
-            done: false,
-        })
-    }
-
-    fn open(&self, name: &str) -> io::Result<Slot> {
-        let dev = find_port(&self.paths.class_dir, name)?;
-        if self.paths.mount_debugfs && !self.paths.stats_dir.exists() {
-            mount_debugfs(&self.paths.stats_dir);
-        }
-        // Blocking mode: the file description is shared with the process,
-        // which expects an ordinary blocking stdout.
+        let start = read_counters(&stats)?.bytes_sent;
+        // Blocking mode: the process expects an ordinary blocking stdout.
         let file = std::fs::OpenOptions::new()
             .write(true)
             .custom_flags(libc::O_CLOEXEC | libc::O_NOCTTY)
-            .open(self.paths.dev_dir.join(&dev))?;
-        let rdev = file.metadata()?.rdev();
-        Ok(Slot {
-            file: Arc::new(file),
-            dev,
-            rdev,
-            in_use: false,
-            retired: false,
+            .open(self.paths.dev_dir.join(&slot.dev))?;
+        slot.in_use = true;
+        Ok(Claim {
+            ports: self.clone(),
+            name,
+            file: Some(file),
+            stats,
+            start,
+            done: false,
         })
     }
 
@@ -169,38 +159,40 @@ impl StdoutPorts {
 }
 
 impl Claim {
-    /// A descriptor of the port to give the process as its stdout.
-    pub fn child_fd(&self) -> io::Result<OwnedFd> {
-        Ok(OwnedFd::from(self.file.try_clone()?))
+    /// The port, to become the process's stdout. The agent keeps no copy,
+    /// so the port closes when the process and its children are done with
+    /// it. Errors on a second call.
+    pub fn child_fd(&mut self) -> io::Result<OwnedFd> {
+        self.file
+            .take()
+            .map(OwnedFd::from)
+            .ok_or_else(|| io::Error::other("stdout port already handed out"))
     }
 
-    /// After the process exited: waits until no other process holds the
-    /// port, or until it has been quiet (counter unchanged) for `quiet` while
-    /// still held, then returns the bytes written and releases the port.
+    /// After the process exited: waits until no process holds the port, or
+    /// until it has been quiet (counter unchanged) for `quiet` while still
+    /// held, then returns the bytes written and releases (or retires) the port.
     pub async fn finish(mut self, quiet: Duration) -> PortEnd {
-        let mut last = read_bytes_sent(&self.stats).unwrap_or(self.start);
+        self.file = None;
+        let mut last = self.start;
         let mut quiet_since = Instant::now();
-        let retired = loop {
-            let held = tokio::task::spawn_blocking({
-                let rdev = self.rdev;
-                move || held_elsewhere(rdev)
-            })
-            .await
-            .unwrap_or(true);
-            if !held {
-                break false;
+        let (end, retired) = loop {
+            let now = match read_counters(&self.stats) {
+                Ok(c) => c,
+                // The counters are gone (port unplugged): nothing more can come.
+                Err(_) => break (last, true),
+            };
+            if !now.connected {
+                break (now.bytes_sent, false);
             }
-            let now = read_bytes_sent(&self.stats).unwrap_or(last);
-            if now != last {
-                last = now;
+            if now.bytes_sent != last {
+                last = now.bytes_sent;
                 quiet_since = Instant::now();
             } else if quiet_since.elapsed() >= quiet {
-                break true;
+                break (now.bytes_sent, true);
             }
             tokio::time::sleep(HOLDER_POLL).await;
         };
-        // Read again: the last writer may have finished after the check above.
-        let end = read_bytes_sent(&self.stats).unwrap_or(last);
         self.done = true;
         self.ports.release(&self.name, retired);
         if retired {
@@ -216,8 +208,9 @@ impl Claim {
 impl Drop for Claim {
     fn drop(&mut self) {
         if !self.done {
-            let retired = held_elsewhere(self.rdev);
-            self.ports.release(&self.name, retired);
+            self.file = None;
+            let held = read_counters(&self.stats).map_or(true, |c| c.connected);
+            self.ports.release(&self.name, held);
         }
     }
 }
@@ -253,48 +246,35 @@ fn mount_debugfs(stats_dir: &Path) {
     }
 }
 
-/// The `bytes_sent: N` line of a virtio-ports counter file.
-fn read_bytes_sent(stats: &Path) -> io::Result<u64> {
+/// What the driver's debugfs file says about a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    /// Bytes the guest queued to the host, ever.
+    bytes_sent: u64,
+    /// Some descriptor of the port is open.
+    connected: bool,
+}
+
+fn read_counters(stats: &Path) -> io::Result<Counters> {
     let text = std::fs::read_to_string(stats)?;
-    parse_bytes_sent(&text).ok_or_else(|| {
+    parse_counters(&text).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("{}: no bytes_sent counter", stats.display()),
+            format!("{}: no bytes_sent / guest_connected lines", stats.display()),
         )
     })
 }
 
-fn parse_bytes_sent(text: &str) -> Option<u64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix("bytes_sent:"))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Whether a process other than this one has a descriptor of device `rdev` open.
-fn held_elsewhere(rdev: u64) -> bool {
-    let me = std::process::id().to_string();
-    let Ok(procs) = std::fs::read_dir("/proc") else {
-        return false;
+fn parse_counters(text: &str) -> Option<Counters> {
+    let field = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse::<u64>().ok())
     };
-    for p in procs.flatten() {
-        let pid = p.file_name();
-        let pid = pid.to_string_lossy();
-        if pid == me || !pid.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            if let Ok(m) = std::fs::metadata(fd.path()) {
-                use std::os::unix::fs::FileTypeExt;
-                if m.file_type().is_char_device() && m.rdev() == rdev {
-                    return true;
-                }
-            }
-        }
-    }
-    false
+    Some(Counters {
+        bytes_sent: field("bytes_sent:")?,
+        connected: field("guest_connected:")? != 0,
+    })
 }
 
 #[cfg(test)]
@@ -304,12 +284,16 @@ mod tests {
     #[test]
     fn parses_the_driver_counter_file() {
         let text = "name: x\nguest_connected: 1\nhost_connected: 1\noutvq_full: 0\nbytes_sent: 268435456\nbytes_received: 0\n";
-        assert_eq!(parse_bytes_sent(text), Some(268_435_456));
-        assert_eq!(parse_bytes_sent("name: x\n"), None);
+        let want = Counters {
+            bytes_sent: 268_435_456,
+            connected: true,
+        };
+        assert_eq!(parse_counters(text), Some(want));
+        assert_eq!(parse_counters("name: x\nbytes_sent: 3\n"), None);
     }
 
     /// A fake guest: port `vport9p1` named `name` is a pty slave, its
-    /// counter a plain file the test rewrites.
+    /// counter file a plain file the test rewrites as the driver would.
     struct FakePort {
         _dir: tempfile::TempDir,
         _master: OwnedFd,
@@ -320,11 +304,8 @@ mod tests {
     fn fake_port(name: &str) -> FakePort {
         let dir = tempfile::tempdir().unwrap();
         let pty = nix::pty::openpty(None, None).unwrap();
-        let slave = std::fs::read_link(format!(
-            "/proc/self/fd/{}",
-            std::os::fd::AsRawFd::as_raw_fd(&pty.slave)
-        ))
-        .unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&pty.slave);
+        let slave = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
         drop(pty.slave);
         let class = dir.path().join("class/vport9p1");
         std::fs::create_dir_all(&class).unwrap();
@@ -333,7 +314,7 @@ mod tests {
         std::os::unix::fs::symlink(slave, dir.path().join("dev/vport9p1")).unwrap();
         std::fs::create_dir_all(dir.path().join("stats")).unwrap();
         let stats = dir.path().join("stats/vport9p1");
-        std::fs::write(&stats, "name: x\nbytes_sent: 1000\n").unwrap();
+        set(&stats, 1000, false);
         let ports = StdoutPorts::with_paths(PortPaths {
             class_dir: dir.path().join("class"),
             dev_dir: dir.path().join("dev"),
@@ -348,22 +329,22 @@ mod tests {
         }
     }
 
-    fn child_on(fd: OwnedFd, secs: &str) -> std::process::Child {
-        std::process::Command::new("sleep")
-            .arg(secs)
-            .stdout(std::process::Stdio::from(fd))
-            .spawn()
-            .unwrap()
+    fn set(stats: &Path, bytes_sent: u64, connected: bool) {
+        let text = format!(
+            "name: x\nguest_connected: {}\nbytes_sent: {bytes_sent}\n",
+            u8::from(connected)
+        );
+        std::fs::write(stats, text).unwrap();
     }
 
     #[tokio::test]
-    async fn finish_waits_for_the_holder_and_counts_its_bytes() {
+    async fn finish_waits_until_the_port_closes_and_counts_its_bytes() {
         let fake = fake_port("out0");
         assert!(
             fake.ports.claim("nope").is_err(),
             "a missing port is refused"
         );
-        let claim = fake
+        let mut claim = fake
             .ports
             .claim("OUT0")
             .expect("names compare case-insensitively");
@@ -371,22 +352,27 @@ mod tests {
             fake.ports.claim("out0").is_err(),
             "a claimed port is refused"
         );
-        let mut child = child_on(claim.child_fd().unwrap(), "0.5");
-        std::fs::write(&fake.stats, "bytes_sent: 1700\n").unwrap();
-        let waiter = std::thread::spawn(move || child.wait().unwrap());
+        let fd = claim.child_fd().unwrap();
+        assert!(claim.child_fd().is_err(), "handed out once");
+        drop(fd);
+        set(&fake.stats, 1700, true);
+        let stats = fake.stats.clone();
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            set(&stats, 1800, false);
+        });
         let end = claim.finish(Duration::from_secs(20)).await;
         assert!(
-            waiter.is_finished(),
-            "finish returned while the child still held the port"
+            closer.is_finished(),
+            "finish returned while the port was open"
         );
         assert_eq!(
             end,
             PortEnd {
-                bytes: 700,
+                bytes: 800,
                 retired: false
             }
         );
-        waiter.join().unwrap();
         // Released: the next process may have it.
         drop(fake.ports.claim("out0").expect("released after finish"));
         drop(fake.ports.claim("out0").expect("released after drop"));
@@ -396,7 +382,7 @@ mod tests {
     async fn a_port_still_held_after_the_quiet_period_is_retired() {
         let fake = fake_port("out1");
         let claim = fake.ports.claim("out1").unwrap();
-        let mut child = child_on(claim.child_fd().unwrap(), "30");
+        set(&fake.stats, 1000, true);
         let end = claim.finish(Duration::from_millis(300)).await;
         assert_eq!(
             end,
@@ -407,7 +393,15 @@ mod tests {
         );
         let err = fake.ports.claim("out1").unwrap_err();
         assert!(err.to_string().contains("retired"), "{err}");
-        child.kill().unwrap();
-        child.wait().unwrap();
+    }
+
+    #[test]
+    fn a_claim_dropped_while_the_port_is_held_retires_it() {
+        let fake = fake_port("out2");
+        drop(fake.ports.claim("out2").unwrap());
+        let claim = fake.ports.claim("out2").expect("closed port released");
+        set(&fake.stats, 1000, true);
+        drop(claim);
+        assert!(fake.ports.claim("out2").is_err());
     }
 }
