@@ -180,3 +180,38 @@ async fn real_default_vm_has_one_port_and_none_when_disabled() {
     assert_eq!(out, seq(1000));
     vm.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_a_writer_killed_mid_stream_leaves_the_port_clean() {
+    let Some(vm) = boot().await else {
+        return;
+    };
+    let guest = vm.mgr.guest().unwrap();
+    stdout_ports_ready(&guest, 1).await;
+    let spec = ProcessSpec {
+        args: vec!["dd".into(), "if=/dev/zero".into(), "bs=65536".into()],
+        ..Default::default()
+    };
+    let mut p = guest.spawn(spec).await.unwrap();
+    assert!(p.stdout_on_port());
+    let mut out = p.stdout.take().unwrap();
+    let mut first = vec![0u8; 4 << 20];
+    out.read_exact(&mut first).await.unwrap();
+    p.signal(9).await.unwrap();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), out.read_to_end(&mut rest))
+        .await
+        .expect("stdout ends after the kill")
+        .unwrap();
+    assert_eq!(p.wait().await.unwrap(), ExitOutcome::Signal(9));
+    assert!(rest.iter().all(|b| *b == 0), "only dd's zeros");
+    // Every port comes back, and the next processes see only their own output.
+    stdout_ports_ready(&guest, PORTS).await;
+    for i in 0..PORTS + 1 {
+        let (out, _, status, on_port) = sh(&guest, &format!("echo after{i}")).await;
+        assert!(on_port);
+        assert_eq!(status, ExitOutcome::Code(0));
+        assert_eq!(out, format!("after{i}\n"));
+    }
+    vm.finish().await;
+}
