@@ -24,7 +24,7 @@ pub const BASE_DIRS: &[(&str, u32)] = &[
 ];
 
 /// Bump when the archive layout changes, so cached images are rebuilt.
-const LAYOUT_VERSION: &str = "uvm-initramfs-v1";
+const LAYOUT_VERSION: &str = "uvm-initramfs-v2";
 
 /// What goes into an initramfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,6 +104,10 @@ impl Inputs {
             a.dir(dir, *mode)?;
         }
         a.char_dev("/dev/console", 0o600, 5, 1)?;
+        // Before /dev is mounted, Rust's runtime reopens a missing fd 0/1/2
+        // on /dev/null and aborts if it cannot: that happens to PID 1 when
+        // the console (a virtio `hvc0`) is not up yet as the kernel opens it.
+        a.char_dev("/dev/null", 0o666, 1, 3)?;
         a.file("/init", 0o755, self.agent)?;
         if !self.modules.is_empty() {
             let order: String = self.modules.iter().map(|(p, _)| format!("{p}\n")).collect();
@@ -221,6 +225,10 @@ mod tests {
             assert!(a.contains(dir), "{dir}");
         }
         assert!(a.contains("/dev/console") && a.contains("/init") && a.contains("/etc/hello"));
+        assert!(
+            a.contains("/dev/null"),
+            "the agent's runtime needs /dev/null before /dev is mounted"
+        );
         assert!(!a.contains(LOAD_ORDER_FILE));
         if busybox.is_some() {
             assert_eq!(

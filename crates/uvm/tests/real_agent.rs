@@ -250,3 +250,39 @@ async fn real_stock_kernel_boots_and_runs_commands() {
     assert_eq!(mgr.state(), State::Terminated);
     common::real::assert_nothing_left(root.path(), pid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_kernel_panic_lands_in_the_console_tail() {
+    // The image's cmdline puts the console on the virtio console (hvc0):
+    // a panic must still be classified and its text kept.
+    let Some(vm) = VmGuard::boot(256).await else {
+        return;
+    };
+    assert!(vm.mgr.utility_vm().is_some(), "VM handle while running");
+    let guest = vm.mgr.guest().unwrap();
+    // The agent may not answer once the kernel is gone: ignore the outcome.
+    let crash = async {
+        if let Ok(mut p) = guest
+            .spawn(spec(&["sh", "-c", "echo c > /proc/sysrq-trigger"]))
+            .await
+        {
+            let _ = p.wait().await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), crash).await;
+    drop(guest);
+    tokio::time::timeout(Duration::from_secs(60), vm.mgr.wait())
+        .await
+        .expect("VM exits after the panic")
+        .unwrap();
+    let status = vm.mgr.exit_status().unwrap();
+    let reason = status.err.expect("a panic is not a clean exit").0;
+    match reason {
+        uvm_vmm::ExitReason::GuestPanic { console_tail } => assert!(
+            console_tail.contains("Kernel panic") && console_tail.contains("sysrq"),
+            "console tail:\n{console_tail}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    vm.finish().await;
+}

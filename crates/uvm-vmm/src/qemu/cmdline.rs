@@ -268,8 +268,11 @@ pub struct QemuCommand {
     pub qmp_socket: PathBuf,
     /// Channels.
     pub channels: Vec<ChannelPort>,
-    /// Serial ports; port 0 is the console.
+    /// Serial ports (`ttyS<index>`).
     pub serials: Vec<SerialPort>,
+    /// A virtio console (`hvc0`) whose output is appended to this file: the
+    /// console when the kernel is told `console=hvc0`.
+    pub virtio_console: Option<PathBuf>,
     /// Disks.
     pub disks: Vec<Disk>,
     /// 9p shares.
@@ -359,15 +362,24 @@ impl QemuCommand {
         ]
     }
 
-    /// The virtio-serial controller and one port per channel.
+    /// The virtio-serial controller, the virtio console (first, so it is
+    /// `hvc0`) and one port per channel.
     pub fn channel_args(&self) -> Vec<String> {
-        if self.channels.is_empty() {
+        if self.channels.is_empty() && self.virtio_console.is_none() {
             return Vec::new();
         }
         let mut v = vec![
             "-device".into(),
             format!("{},id=vser0", self.machine.virtio("virtio-serial")),
         ];
+        if let Some(log) = &self.virtio_console {
+            v.extend([
+                "-chardev".into(),
+                format!("file,id=vcon,path={},append=on", esc(log)),
+                "-device".into(),
+                "virtconsole,bus=vser0.0,chardev=vcon,name=console".into(),
+            ]);
+        }
         for c in &self.channels {
             v.extend(c.args());
         }

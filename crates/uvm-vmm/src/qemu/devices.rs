@@ -108,11 +108,24 @@ pub(crate) fn shares(doc: &ComputeSystem) -> Result<Vec<Share>, VmmError> {
         .collect()
 }
 
-/// Serial ports: the document's ComPorts, with port 0 always copied to `console_log`
-/// (port 0 *is* `console_log` when the document has no ComPort 0).
+/// Whether the kernel command line puts the console on the virtio console
+/// (its last `console=` is `hvc0`, as the kernel itself decides).
+pub(crate) fn console_on_hvc(cmdline: &str) -> bool {
+    cmdline
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("console="))
+        .last()
+        .is_some_and(|c| c.split(',').next() == Some("hvc0"))
+}
+
+/// Serial ports: the document's ComPorts. With `uart_console`, port 0 is
+/// the console: copied to `console_log`, or *being* `console_log` when the
+/// document has no ComPort 0. Without it (the console is `hvc0`), only the
+/// document's ports exist, as they are.
 pub(crate) fn serials(
     doc: &ComputeSystem,
     console_log: &Path,
+    uart_console: bool,
 ) -> Result<Vec<SerialPort>, VmmError> {
     let mut out = Vec::new();
     let devices = doc.devices();
@@ -138,14 +151,14 @@ pub(crate) fn serials(
         } else {
             SerialBackend::File(path)
         };
-        let log = (index == 0).then(|| console_log.to_path_buf());
+        let log = (index == 0 && uart_console).then(|| console_log.to_path_buf());
         out.push(SerialPort {
             index,
             backend,
             log,
         });
     }
-    if !out.iter().any(|s| s.index == 0) {
+    if uart_console && !out.iter().any(|s| s.index == 0) {
         out.insert(
             0,
             SerialPort {
@@ -157,4 +170,18 @@ pub(crate) fn serials(
     }
     out.sort_by_key(|s| s.index);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::console_on_hvc;
+
+    #[test]
+    fn the_last_console_argument_decides() {
+        assert!(console_on_hvc("console=hvc0 quiet"));
+        assert!(console_on_hvc("console=ttyS0 console=hvc0"));
+        assert!(!console_on_hvc("console=hvc0 console=ttyS0,115200"));
+        assert!(!console_on_hvc("quiet panic=-1"));
+        assert!(!console_on_hvc("console=hvc1 xconsole=hvc0"));
+    }
 }

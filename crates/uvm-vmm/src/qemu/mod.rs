@@ -230,7 +230,11 @@ impl QemuHypervisor {
     ) -> Result<QemuVm, VmmError> {
         let dir = guard.dir.as_ref().expect("dir set").path().to_path_buf();
         let console_log = dir.join("console.log");
-        let serials = devices::serials(doc, &console_log)?;
+        // The console device follows the kernel's `console=`: a virtio
+        // console (no UART to probe, output in batches) for `hvc0`, else a
+        // UART as ttyS0. Either way its output lands in console.log.
+        let hvc = devices::console_on_hvc(&doc.kernel_cmdline());
+        let serials = devices::serials(doc, &console_log, !hvc)?;
         let bind = |name: &str| -> Result<(UnixListener, PathBuf), VmmError> {
             let p = dir.join(format!("{name}.sock"));
             let l = UnixListener::bind(&p).map_err(|source| VmmError::RuntimeDir {
@@ -266,6 +270,7 @@ impl QemuHypervisor {
             qmp_socket,
             channels: ports,
             serials,
+            virtio_console: hvc.then(|| console_log.clone()),
             disks,
             shares,
             pvpanic: true,

@@ -19,6 +19,7 @@ pub(crate) fn sample() -> QemuCommand {
         qmp_socket: "/run/uvm/vm1/qmp.sock".into(),
         channels: vec![],
         serials: vec![],
+        virtio_console: None,
         disks: vec![],
         shares: vec![],
         pvpanic: true,
@@ -215,6 +216,38 @@ fn channels_on_microvm_and_q35() {
     );
     c.machine = Machine::Q35;
     assert_eq!(c.channel_args()[1], "virtio-serial-pci,id=vser0");
+}
+
+#[test]
+fn virtio_console_comes_first_on_the_bus() {
+    let mut c = sample();
+    c.virtio_console = Some("/r/console.log".into());
+    assert_eq!(
+        c.channel_args(),
+        s(&[
+            "-device",
+            "virtio-serial-device,id=vser0",
+            "-chardev",
+            "file,id=vcon,path=/r/console.log,append=on",
+            "-device",
+            "virtconsole,bus=vser0.0,chardev=vcon,name=console"
+        ])
+    );
+    c.channels.push(ChannelPort {
+        role: "gcs".into(),
+        socket: "/r/gcs.sock".into(),
+        port_name: "svc".into(),
+    });
+    let args = c.channel_args();
+    let console = args
+        .iter()
+        .position(|a| a.starts_with("virtconsole"))
+        .unwrap();
+    let gcs = args
+        .iter()
+        .position(|a| a.starts_with("virtserialport"))
+        .unwrap();
+    assert!(console < gcs, "{args:?}");
 }
 
 #[test]
