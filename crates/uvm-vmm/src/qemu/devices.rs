@@ -114,7 +114,7 @@ pub(crate) fn console_on_hvc(cmdline: &str) -> bool {
     cmdline
         .split_whitespace()
         .filter_map(|w| w.strip_prefix("console="))
-        .last()
+        .next_back()
         .is_some_and(|c| c.split(',').next() == Some("hvc0"))
 }
 

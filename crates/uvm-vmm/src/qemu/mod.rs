@@ -233,7 +233,7 @@ impl QemuHypervisor {
         // The console device follows the kernel's `console=`: a virtio
         // console (no UART to probe, output in batches) for `hvc0`, else a
         // UART as ttyS0. Either way its output lands in console.log.
-        let hvc = devices::console_on_hvc(&doc.kernel_cmdline());
+        let hvc = devices::console_on_hvc(doc.kernel_cmdline());
         let serials = devices::serials(doc, &console_log, !hvc)?;
         let bind = |name: &str| -> Result<(UnixListener, PathBuf), VmmError> {
             let p = dir.join(format!("{name}.sock"));
