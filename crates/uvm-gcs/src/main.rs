@@ -28,10 +28,12 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn main() {
+    // Guest uptime when the kernel handed over to us (boot profiling).
+    let main_uptime_us = uvm_gcs::stats::uptime_ns() / 1_000;
     let args: Vec<String> = std::env::args().collect();
     if std::process::id() == 1 {
         // Kernel-provided arguments (if any) are not ours to interpret.
-        run_init();
+        run_init(main_uptime_us);
     }
     match args.get(1).map(String::as_str) {
         Some("--serve-unix") if args.len() == 3 => run_dev(&args[2]),
@@ -71,7 +73,7 @@ fn run_dev(socket: &str) {
 }
 
 /// PID 1: never returns; a failed step is logged and the agent carries on.
-fn run_init() -> ! {
+fn run_init(main_uptime_us: u64) -> ! {
     std::env::set_var("PATH", init::DEFAULT_PATH);
     let _ = std::fs::create_dir_all("/proc");
     let _ = nix::mount::mount(
@@ -85,7 +87,7 @@ fn run_init() -> ! {
     let sink = logging::init(&cfg.log_level, tracing::Level::WARN);
     install_panic_hook();
     init::mount_filesystems();
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cfg, uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000, "uvm-gcs starting as PID 1");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cfg, main_uptime_us, uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000, "uvm-gcs starting as PID 1");
     if let Some(id) = &cfg.id {
         init::set_hostname(id);
     }
