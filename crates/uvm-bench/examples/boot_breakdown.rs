@@ -10,7 +10,10 @@
 //!   `main`, "starting as PID 1", "serving GCS", "negotiated" (log line) and
 //!   in the Negotiate response.
 //!
-//! `cargo run --release -p uvm-bench --example boot_breakdown -- RUNS [AGENT...]`
+//! `cargo run --release -p uvm-bench --example boot_breakdown -- RUNS [VARIANT...]`
+//! where a variant is an agent binary, `initrd=PATH` (ours with that
+//! initrd), `cmdline=WORDS` (ours with WORDS appended to the kernel command
+//! line) or `rawinitrd=PATH` (the uptime rawinit on top of PATH).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -175,6 +178,11 @@ async fn main() {
             img.initrd = p.into();
             images.push(img);
             agents.push(Some(a.clone()));
+        } else if let Some(w) = a.strip_prefix("cmdline=") {
+            let mut img = default_img.clone();
+            img.cmdline = format!("{} {w}", img.cmdline);
+            images.push(img);
+            agents.push(Some(a.clone()));
         } else if let Some(p) = a.strip_prefix("rawinitrd=") {
             let mut bytes = std::fs::read(p).unwrap();
             bytes.extend(std::fs::read(&up_initrd).unwrap());
@@ -197,7 +205,7 @@ async fn main() {
 
     let (mut raw_first, mut raw_conn) = (vec![], vec![]);
     let (mut up_first, mut up_main, mut up_byte) = (vec![], vec![], vec![]);
-    let mut ours: Vec<BTreeMap<&str, Vec<f64>>> = vec![BTreeMap::new(); images.len()];
+    let mut ours: Vec<BTreeMap<String, Vec<f64>>> = vec![BTreeMap::new(); images.len()];
     for i in 0..runs {
         let r = raw::raw_run(&raw_vm, None).await.expect("raw");
         raw_first.push(ms(r.first_byte));
@@ -223,9 +231,9 @@ async fn main() {
             let (create, start) = (ms(vm.create), ms(vm.start));
             vm.terminate().await.expect("terminate");
             let m = &mut ours[k];
-            m.entry("create").or_default().push(create);
-            m.entry("start").or_default().push(start);
-            m.entry("create+start").or_default().push(create + start);
+            m.entry(String::from("create")).or_default().push(create);
+            m.entry(String::from("start")).or_default().push(start);
+            m.entry(String::from("create+start")).or_default().push(create + start);
             let guest: Vec<(String, f64, String)> = evs
                 .iter()
                 .filter(|e| e.target == "uvm::guest")
@@ -250,17 +258,43 @@ async fn main() {
                     .find(|g| g.0.starts_with(msg))
                     .map(|g| up_start + (g.1 - t_start) * 1e3)
             };
-            m.entry("up@starting").or_default().push(up_start);
+            m.entry(String::from("up@starting")).or_default().push(up_start);
             if let Some(v) = field(f_start, "main_uptime_us") {
-                m.entry("up@main").or_default().push(v / 1e3);
+                m.entry(String::from("up@main")).or_default().push(v / 1e3);
             }
             for (name, msg) in [
                 ("up@serving", "serving GCS"),
                 ("up@negotiated-log", "negotiated"),
             ] {
                 if let Some(v) = at(msg) {
-                    m.entry(name).or_default().push(v);
+                    m.entry(name.to_string()).or_default().push(v);
                 }
+            }
+            if let Some((_, _, f)) = guest.iter().find(|g| g.0 == "negotiated") {
+                for tok in f.split_whitespace() {
+                    let tok = tok.strip_prefix("marks=").unwrap_or(tok);
+                    if let Some((k, v)) = tok.split_once('=') {
+                        if let Ok(us) = v.parse::<f64>() {
+                            if k != "version" {
+                                m.entry(format!("mark {k}")).or_default().push(us / 1e3);
+                            }
+                        }
+                    }
+                }
+            }
+            let main_up = field(f_start, "main_uptime_us").map(|v| v / 1e3);
+            let serving = at("serving GCS");
+            let answer = evs
+                .iter()
+                .find(|e| {
+                    e.target == "uvm::lifecycle"
+                        && e.fields.get("message").is_some_and(|x| x.starts_with("GCS negotiated"))
+                })
+                .and_then(|e| e.fields.get("guest_uptime_ms")?.parse::<f64>().ok());
+            if let (Some(a), Some(b), Some(c)) = (main_up, serving, answer) {
+                m.entry("Δ agent main->answer".into()).or_default().push(c - a);
+                m.entry("Δ agent main->serving".into()).or_default().push(b - a);
+                m.entry("Δ agent serving->answer".into()).or_default().push(c - b);
             }
             for e in &evs {
                 let msg = e.fields.get("message").map(String::as_str).unwrap_or("");
@@ -268,14 +302,14 @@ async fn main() {
                 if msg.starts_with("QEMU spawned") {
                     for k in ["spawn_ms", "qmp_connect_ms", "qmp_ready_ms"] {
                         if let Some(v) = g(k) {
-                            m.entry(k).or_default().push(v);
+                            m.entry(k.to_string()).or_default().push(v);
                         }
                     }
                 }
                 if msg.starts_with("GCS negotiated") {
                     for k in ["cont_ms", "connected_ms"] {
                         if let Some(v) = g(k) {
-                            m.entry(k).or_default().push(v);
+                            m.entry(k.to_string()).or_default().push(v);
                         }
                     }
                 }
@@ -288,8 +322,8 @@ async fn main() {
             }) {
                 let g = |k: &str| n.fields.get(k).and_then(|v| v.parse::<f64>().ok());
                 if let (Some(up), Some(neg)) = (g("guest_uptime_ms"), g("negotiated_ms")) {
-                    m.entry("up@answer").or_default().push(up);
-                    m.entry("cont->Running(host)").or_default().push(neg);
+                    m.entry(String::from("up@answer")).or_default().push(up);
+                    m.entry(String::from("cont->Running(host)")).or_default().push(neg);
                 }
             }
         }
@@ -325,8 +359,19 @@ async fn main() {
     for (k, img) in images.iter().enumerate() {
         let name = agents[k].clone().unwrap_or_else(|| "default agent".into());
         println!("ours [{name}] ({} KiB initrd):", size(&img.initrd));
+        let mut marks = Vec::new();
         for (key, v) in &ours[k] {
-            println!("  {key:<22} {:>7.1} ms  (n={})", med(v), v.len());
+            if key.starts_with("mark ") || key.starts_with("up@") {
+                marks.push((med(v), key, v.len()));
+            } else {
+                println!("  {key:<26} {:>7.1} ms  (n={})", med(v), v.len());
+            }
+        }
+        marks.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut prev = f64::NAN;
+        for (t, key, n) in marks {
+            println!("  {key:<26} {t:>7.1} ms  (+{:>5.1}, n={n})", t - prev);
+            prev = t;
         }
     }
 }
