@@ -27,6 +27,20 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// The PID 1 runtime: on a one-vCPU guest a current-thread runtime (worker
+/// threads add no parallelism there, only thread start-up and cross-thread
+/// wake-ups: agent start to first `Negotiate` answered 72 -> 63 ms under
+/// TCG, PERF.md "Boot, session 2"); otherwise the multi-thread one.
+fn init_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    if uvm_gcs::stats::online_cpus() <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        runtime()
+    }
+}
+
 fn main() {
     // Guest uptime when the kernel handed over to us (boot profiling).
     let main_uptime_us = uvm_gcs::stats::uptime_ns() / 1_000;
@@ -94,10 +108,11 @@ fn run_init(main_uptime_us: u64) -> ! {
     let reaper = Reaper::new();
     let mut first = true;
     loop {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match runtime() {
-            Ok(rt) => rt.block_on(init_main(&cfg, &sink, reaper.clone(), first)),
-            Err(e) => tracing::error!(error = %e, "cannot start the runtime"),
-        }));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match init_runtime() {
+                Ok(rt) => rt.block_on(init_main(&cfg, &sink, reaper.clone(), first)),
+                Err(e) => tracing::error!(error = %e, "cannot start the runtime"),
+            }));
         if result.is_err() {
             tracing::error!("agent main loop panicked; restarting it");
         }
@@ -111,8 +126,8 @@ async fn init_main(cfg: &Config, sink: &std::sync::Arc<LogSink>, reaper: Reaper,
     if first {
         // Modules (stock kernels) first: the ports only appear once virtio
         // is loaded. Then serve the GCS as soon as its port exists; the log
-        // port and entropy are set up concurrently (early log lines stay
-        // queued until the log port opens).
+        // port and entropy are set up once the first response is out (early
+        // log lines stay queued until the log port opens).
         let n = init::load_modules();
         let setup = tokio::spawn(setup_log_and_entropy(
             cfg.platform == Platform::Lcow,
@@ -131,8 +146,11 @@ async fn init_main(cfg: &Config, sink: &std::sync::Arc<LogSink>, reaper: Reaper,
 }
 
 /// Opens the log port and (LCOW) reads and credits the host's entropy, each
-/// bounded by 5 s; runs beside the GCS server.
+/// bounded by 5 s; runs beside the GCS server, starting once the first GCS
+/// response (the host's `Negotiate`) has been written or after 2 s: on a
+/// one-vCPU guest it would otherwise compete with that first answer.
 async fn setup_log_and_entropy(lcow: bool, sink: std::sync::Arc<LogSink>, modules: usize) {
+    server::first_response_flushed(Duration::from_secs(2)).await;
     let mut wanted = vec![uvm_proto::ports::LOG];
     if lcow {
         wanted.push(uvm_proto::ports::ENTROPY);
