@@ -161,10 +161,18 @@ pub async fn serve_port(agent: Agent, name: &str) -> ! {
         match crate::ports::open(name) {
             Ok(io) => {
                 tracing::info!(port = name, "serving GCS");
-                match serve_connection(agent.clone(), PrefaceSync::new(io)).await {
-                    Ok(()) => tracing::warn!(port = name, "GCS connection ended; reopening"),
-                    Err(e) => {
+                // A task of its own: on a multi-thread runtime the
+                // connection then runs on a worker, not on the thread that
+                // blocks on the agent's main future (measured: stdout
+                // 122 -> 85 MiB/s when driven inline there).
+                let conn = tokio::spawn(serve_connection(agent.clone(), PrefaceSync::new(io)));
+                match conn.await {
+                    Ok(Ok(())) => tracing::warn!(port = name, "GCS connection ended; reopening"),
+                    Ok(Err(e)) => {
                         tracing::warn!(port = name, error = %e, "GCS connection failed; reopening")
+                    }
+                    Err(e) => {
+                        tracing::error!(port = name, error = %e, "GCS connection task failed; reopening")
                     }
                 }
             }
