@@ -13,7 +13,10 @@
 //! `cargo run --release -p uvm-bench --example boot_breakdown -- RUNS [VARIANT...]`
 //! where a variant is an agent binary, `initrd=PATH` (ours with that
 //! initrd), `cmdline=WORDS` (ours with WORDS appended to the kernel command
-//! line) or `rawinitrd=PATH` (the uptime rawinit on top of PATH).
+//! line), `rawinitrd=PATH` (the uptime rawinit on top of PATH) or
+//! `rawcmdline=WORDS` (the uptime rawinit with WORDS on the command line)
+//! or `rawconsole[=WORDS]` (the uptime rawinit with a UART to a file, as
+//! ours has; a word `-X` removes X from the command line).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -183,6 +186,21 @@ async fn main() {
             img.cmdline = format!("{} {w}", img.cmdline);
             images.push(img);
             agents.push(Some(a.clone()));
+        } else if let Some(w) = a.strip_prefix("rawconsole") {
+            // `rawconsole[=WORDS]`; a word `-X` removes word X.
+            let mut vm = up_vm.clone();
+            vm.keep_console = true;
+            for word in w.trim_start_matches('=').split_whitespace() {
+                match word.strip_prefix('-') {
+                    Some(x) => vm.vm.cmdline = vm.vm.cmdline.replace(x, ""),
+                    None => vm.vm.cmdline = format!("{} {word}", vm.vm.cmdline),
+                }
+            }
+            raw_extra.push((a.clone(), vm));
+        } else if let Some(w) = a.strip_prefix("rawcmdline=") {
+            let mut vm = up_vm.clone();
+            vm.vm.cmdline = format!("{} {w}", vm.vm.cmdline);
+            raw_extra.push((a.clone(), vm));
         } else if let Some(p) = a.strip_prefix("rawinitrd=") {
             let mut bytes = std::fs::read(p).unwrap();
             bytes.extend(std::fs::read(&up_initrd).unwrap());
@@ -233,7 +251,9 @@ async fn main() {
             let m = &mut ours[k];
             m.entry(String::from("create")).or_default().push(create);
             m.entry(String::from("start")).or_default().push(start);
-            m.entry(String::from("create+start")).or_default().push(create + start);
+            m.entry(String::from("create+start"))
+                .or_default()
+                .push(create + start);
             let guest: Vec<(String, f64, String)> = evs
                 .iter()
                 .filter(|e| e.target == "uvm::guest")
@@ -258,7 +278,9 @@ async fn main() {
                     .find(|g| g.0.starts_with(msg))
                     .map(|g| up_start + (g.1 - t_start) * 1e3)
             };
-            m.entry(String::from("up@starting")).or_default().push(up_start);
+            m.entry(String::from("up@starting"))
+                .or_default()
+                .push(up_start);
             if let Some(v) = field(f_start, "main_uptime_us") {
                 m.entry(String::from("up@main")).or_default().push(v / 1e3);
             }
@@ -288,13 +310,21 @@ async fn main() {
                 .iter()
                 .find(|e| {
                     e.target == "uvm::lifecycle"
-                        && e.fields.get("message").is_some_and(|x| x.starts_with("GCS negotiated"))
+                        && e.fields
+                            .get("message")
+                            .is_some_and(|x| x.starts_with("GCS negotiated"))
                 })
                 .and_then(|e| e.fields.get("guest_uptime_ms")?.parse::<f64>().ok());
             if let (Some(a), Some(b), Some(c)) = (main_up, serving, answer) {
-                m.entry("Δ agent main->answer".into()).or_default().push(c - a);
-                m.entry("Δ agent main->serving".into()).or_default().push(b - a);
-                m.entry("Δ agent serving->answer".into()).or_default().push(c - b);
+                m.entry("Δ agent main->answer".into())
+                    .or_default()
+                    .push(c - a);
+                m.entry("Δ agent main->serving".into())
+                    .or_default()
+                    .push(b - a);
+                m.entry("Δ agent serving->answer".into())
+                    .or_default()
+                    .push(c - b);
             }
             for e in &evs {
                 let msg = e.fields.get("message").map(String::as_str).unwrap_or("");
@@ -323,7 +353,9 @@ async fn main() {
                 let g = |k: &str| n.fields.get(k).and_then(|v| v.parse::<f64>().ok());
                 if let (Some(up), Some(neg)) = (g("guest_uptime_ms"), g("negotiated_ms")) {
                     m.entry(String::from("up@answer")).or_default().push(up);
-                    m.entry(String::from("cont->Running(host)")).or_default().push(neg);
+                    m.entry(String::from("cont->Running(host)"))
+                        .or_default()
+                        .push(neg);
                 }
             }
         }
