@@ -27,11 +27,27 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+/// The PID 1 runtime: on a one-vCPU guest a current-thread runtime (worker
+/// threads add no parallelism there, only thread start-up and cross-thread
+/// wake-ups: agent start to first `Negotiate` answered 72 -> 63 ms under
+/// TCG, PERF.md "Boot, session 2"); otherwise the multi-thread one.
+fn init_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    if uvm_gcs::stats::online_cpus() <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        runtime()
+    }
+}
+
 fn main() {
+    // Guest uptime when the kernel handed over to us (boot profiling).
+    let main_uptime_us = uvm_gcs::stats::uptime_ns() / 1_000;
     let args: Vec<String> = std::env::args().collect();
     if std::process::id() == 1 {
         // Kernel-provided arguments (if any) are not ours to interpret.
-        run_init();
+        run_init(main_uptime_us);
     }
     match args.get(1).map(String::as_str) {
         Some("--serve-unix") if args.len() == 3 => run_dev(&args[2]),
@@ -71,7 +87,7 @@ fn run_dev(socket: &str) {
 }
 
 /// PID 1: never returns; a failed step is logged and the agent carries on.
-fn run_init() -> ! {
+fn run_init(main_uptime_us: u64) -> ! {
     std::env::set_var("PATH", init::DEFAULT_PATH);
     let _ = std::fs::create_dir_all("/proc");
     let _ = nix::mount::mount(
@@ -85,17 +101,18 @@ fn run_init() -> ! {
     let sink = logging::init(&cfg.log_level, tracing::Level::WARN);
     install_panic_hook();
     init::mount_filesystems();
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cfg, uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000, "uvm-gcs starting as PID 1");
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cfg, main_uptime_us, uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000, "uvm-gcs starting as PID 1");
     if let Some(id) = &cfg.id {
         init::set_hostname(id);
     }
     let reaper = Reaper::new();
     let mut first = true;
     loop {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match runtime() {
-            Ok(rt) => rt.block_on(init_main(&cfg, &sink, reaper.clone(), first)),
-            Err(e) => tracing::error!(error = %e, "cannot start the runtime"),
-        }));
+        let result =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match init_runtime() {
+                Ok(rt) => rt.block_on(init_main(&cfg, &sink, reaper.clone(), first)),
+                Err(e) => tracing::error!(error = %e, "cannot start the runtime"),
+            }));
         if result.is_err() {
             tracing::error!("agent main loop panicked; restarting it");
         }
@@ -109,8 +126,8 @@ async fn init_main(cfg: &Config, sink: &std::sync::Arc<LogSink>, reaper: Reaper,
     if first {
         // Modules (stock kernels) first: the ports only appear once virtio
         // is loaded. Then serve the GCS as soon as its port exists; the log
-        // port and entropy are set up concurrently (early log lines stay
-        // queued until the log port opens).
+        // port and entropy are set up once the first response is out (early
+        // log lines stay queued until the log port opens).
         let n = init::load_modules();
         let setup = tokio::spawn(setup_log_and_entropy(
             cfg.platform == Platform::Lcow,
@@ -129,8 +146,11 @@ async fn init_main(cfg: &Config, sink: &std::sync::Arc<LogSink>, reaper: Reaper,
 }
 
 /// Opens the log port and (LCOW) reads and credits the host's entropy, each
-/// bounded by 5 s; runs beside the GCS server.
+/// bounded by 5 s; runs beside the GCS server, starting once the first GCS
+/// response (the host's `Negotiate`) has been written or after 2 s: on a
+/// one-vCPU guest it would otherwise compete with that first answer.
 async fn setup_log_and_entropy(lcow: bool, sink: std::sync::Arc<LogSink>, modules: usize) {
+    server::first_response_flushed(Duration::from_secs(2)).await;
     let mut wanted = vec![uvm_proto::ports::LOG];
     if lcow {
         wanted.push(uvm_proto::ports::ENTROPY);
