@@ -271,9 +271,11 @@ async fn drive(
     let mut input_done = false;
     let mut broken = None;
     let status = loop {
+        // Biased, input first: when the input broke (e.g. an oversized
+        // message) and the process exited at about the same time, the client
+        // must hear about the broken input, not a clean exit.
         tokio::select! {
-            status = &mut exit => break status.ok(),
-            _ = tx.closed() => break None,
+            biased;
             end = &mut input_task, if !input_done => {
                 input_done = true;
                 match end {
@@ -285,6 +287,8 @@ async fn drive(
                     Err(_) => break None,
                 }
             }
+            status = &mut exit => break status.ok(),
+            _ = tx.closed() => break None,
         }
     };
     let Some(status) = status else {
