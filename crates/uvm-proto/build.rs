@@ -10,6 +10,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         .build_client(true)
         .build_server(true)
+        // No `GcsClient::connect`: the host builds its own channel over the
+        // GCS stream, and the agent must not need tonic's transport.
+        .build_transport(false)
         .compile_fds(descriptors)?;
     Ok(())
 }
