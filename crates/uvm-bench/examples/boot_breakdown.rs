@@ -284,11 +284,14 @@ async fn main() {
             if let Some(v) = field(f_start, "main_uptime_us") {
                 m.entry(String::from("up@main")).or_default().push(v / 1e3);
             }
-            for (name, msg) in [
-                ("up@serving", "serving GCS"),
-                ("up@negotiated-log", "negotiated"),
+            // Agents log their milestones in the "starting" line (µs of
+            // guest uptime); older ones logged a line at each.
+            for (name, key, msg) in [
+                ("up@serving", "serving_uptime_us", "serving GCS"),
+                ("up@negotiated-log", "negotiated_uptime_us", "negotiated"),
             ] {
-                if let Some(v) = at(msg) {
+                let v = field(f_start, key).map(|us| us / 1e3).or_else(|| at(msg));
+                if let Some(v) = v {
                     m.entry(name.to_string()).or_default().push(v);
                 }
             }

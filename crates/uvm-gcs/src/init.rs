@@ -101,7 +101,7 @@ pub fn set_hostname(name: &str) {
         name.pop();
     }
     match nix::unistd::sethostname(&name) {
-        Ok(()) => tracing::info!(hostname = %name, "hostname set"),
+        Ok(()) => tracing::debug!(hostname = %name, "hostname set"),
         Err(e) => tracing::warn!(hostname = %name, error = %e, "sethostname failed"),
     }
 }
@@ -147,7 +147,7 @@ pub fn load_modules() -> usize {
             let started = std::time::Instant::now();
             match finit_module(path) {
                 Ok(()) => {
-                    tracing::info!(module = %path, elapsed_us = started.elapsed().as_micros() as u64, "module loaded")
+                    tracing::debug!(module = %path, elapsed_us = started.elapsed().as_micros() as u64, "module loaded")
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                     tracing::debug!(module = %path, "module already loaded")

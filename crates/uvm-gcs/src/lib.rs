@@ -7,6 +7,7 @@
 //! serves the same service on a unix socket, for tests and development.
 #![warn(missing_docs)]
 
+pub mod boot_marks;
 pub mod config;
 pub mod exec;
 pub mod fdio;

@@ -101,7 +101,11 @@ fn run_init(main_uptime_us: u64) -> ! {
     let sink = logging::init(&cfg.log_level, tracing::Level::WARN);
     install_panic_hook();
     init::mount_filesystems();
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), config = ?cfg, main_uptime_us, uptime_ms = uvm_gcs::stats::uptime_ns() / 1_000_000, "uvm-gcs starting as PID 1");
+    // Logged once the first GCS response is out (see `boot_marks`).
+    let started = Started {
+        main_uptime_us,
+        uptime_ms: uvm_gcs::stats::uptime_ns() / 1_000_000,
+    };
     if let Some(id) = &cfg.id {
         init::set_hostname(id);
     }
@@ -110,7 +114,7 @@ fn run_init(main_uptime_us: u64) -> ! {
     loop {
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match init_runtime() {
-                Ok(rt) => rt.block_on(init_main(&cfg, &sink, reaper.clone(), first)),
+                Ok(rt) => rt.block_on(init_main(&cfg, &sink, reaper.clone(), first, started)),
                 Err(e) => tracing::error!(error = %e, "cannot start the runtime"),
             }));
         if result.is_err() {
@@ -121,7 +125,20 @@ fn run_init(main_uptime_us: u64) -> ! {
     }
 }
 
-async fn init_main(cfg: &Config, sink: &std::sync::Arc<LogSink>, reaper: Reaper, first: bool) {
+/// Guest uptimes at the agent's start, for the "starting" log line.
+#[derive(Debug, Clone, Copy)]
+struct Started {
+    main_uptime_us: u64,
+    uptime_ms: u64,
+}
+
+async fn init_main(
+    cfg: &Config,
+    sink: &std::sync::Arc<LogSink>,
+    reaper: Reaper,
+    first: bool,
+    started: Started,
+) {
     tokio::spawn(reaper.clone().run());
     if first {
         // Modules (stock kernels) first: the ports only appear once virtio
@@ -129,11 +146,7 @@ async fn init_main(cfg: &Config, sink: &std::sync::Arc<LogSink>, reaper: Reaper,
         // port and entropy are set up once the first response is out (early
         // log lines stay queued until the log port opens).
         let n = init::load_modules();
-        let setup = tokio::spawn(setup_log_and_entropy(
-            cfg.platform == Platform::Lcow,
-            sink.clone(),
-            n,
-        ));
+        let setup = tokio::spawn(setup_log_and_entropy(cfg.clone(), started, sink.clone(), n));
         let gcs = [cfg.gcs_port.as_str()];
         let missing = ports::wait_for(&gcs, Duration::from_secs(5)).await;
         if !missing.is_empty() {
@@ -149,8 +162,24 @@ async fn init_main(cfg: &Config, sink: &std::sync::Arc<LogSink>, reaper: Reaper,
 /// bounded by 5 s; runs beside the GCS server, starting once the first GCS
 /// response (the host's `Negotiate`) has been written or after 2 s: on a
 /// one-vCPU guest it would otherwise compete with that first answer.
-async fn setup_log_and_entropy(lcow: bool, sink: std::sync::Arc<LogSink>, modules: usize) {
+async fn setup_log_and_entropy(
+    cfg: Config,
+    started: Started,
+    sink: std::sync::Arc<LogSink>,
+    modules: usize,
+) {
     server::first_response_flushed(Duration::from_secs(2)).await;
+    use uvm_gcs::boot_marks::{uptime_us, Mark};
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = ?cfg,
+        main_uptime_us = started.main_uptime_us,
+        uptime_ms = started.uptime_ms,
+        serving_uptime_us = uptime_us(Mark::Serving),
+        negotiated_uptime_us = uptime_us(Mark::Negotiated),
+        "uvm-gcs starting as PID 1"
+    );
+    let lcow = cfg.platform == Platform::Lcow;
     let mut wanted = vec![uvm_proto::ports::LOG];
     if lcow {
         wanted.push(uvm_proto::ports::ENTROPY);

@@ -160,7 +160,8 @@ pub async fn serve_port(agent: Agent, name: &str) -> ! {
         let started = Instant::now();
         match crate::ports::open(name) {
             Ok(io) => {
-                tracing::info!(port = name, "serving GCS");
+                crate::boot_marks::mark(crate::boot_marks::Mark::Serving);
+                tracing::debug!(port = name, "serving GCS");
                 // A task of its own: on a multi-thread runtime the
                 // connection then runs on a worker, not on the thread that
                 // blocks on the agent's main future (measured: stdout

@@ -126,7 +126,8 @@ impl Gcs for Agent {
                 .write()
                 .unwrap_or_else(|e| e.into_inner()) = defaults;
         }
-        tracing::info!(version = PROTOCOL_VERSION, "negotiated");
+        crate::boot_marks::mark(crate::boot_marks::Mark::Negotiated);
+        tracing::debug!(version = PROTOCOL_VERSION, "negotiated");
         Ok(Response::new(NegotiateResponse {
             version: PROTOCOL_VERSION,
             capabilities: Some(Capabilities {
