@@ -168,7 +168,7 @@ pub async fn serve_port(agent: Agent, name: &str) -> ! {
                 // 122 -> 85 MiB/s when driven inline there).
                 let conn = tokio::spawn(serve_connection(agent.clone(), PrefaceSync::new(io)));
                 match conn.await {
-                    Ok(Ok(())) => tracing::warn!(port = name, "GCS connection ended; reopening"),
+                    Ok(Ok(())) => tracing::info!(port = name, "GCS connection ended; reopening"),
                     Ok(Err(e)) => {
                         tracing::warn!(port = name, error = %e, "GCS connection failed; reopening")
                     }
