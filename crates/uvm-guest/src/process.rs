@@ -10,7 +10,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::PollSender;
+use tokio_util::sync::{CancellationToken, PollSender};
 use uvm_proto::gcs::{self, exec_input, exec_output, exited};
 
 use crate::stdout_port::{self, PortEnd, PortPool, StdoutPort};
@@ -280,9 +280,10 @@ impl Guest {
             }),
             stdout_port: port.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
         };
-        // Until the agent says it uses the port, the port is idle: give it
-        // back on every way out.
-        let mut port = ReturnOnDrop(port, pool.clone());
+        // Handed back when the agent says it did not use it; retired
+        // (drained, never reused) on every other way out, since a process
+        // might be writing to it.
+        let mut port = PendingPort(port, pool.clone(), self.closed_token().clone());
         tx.send(gcs::ExecInput {
             msg: Some(exec_input::Msg::Start(start)),
         })
@@ -290,11 +291,16 @@ impl Guest {
         .map_err(|_| GuestError::Protocol("exec input closed"))?;
         let closed = self.closed_token().clone();
         let started = async {
-            let mut out = client
-                .exec(ReceiverStream::new(rx))
-                .await
-                .map_err(|s| GuestError::from_status("exec", s))?
-                .into_inner();
+            let mut out = match client.exec(ReceiverStream::new(rx)).await {
+                Ok(out) => out.into_inner(),
+                Err(s) => {
+                    // The agent refused the process: nothing holds the port.
+                    if REFUSALS.contains(&s.code()) {
+                        port.give_back();
+                    }
+                    return Err(GuestError::from_status("exec", s));
+                }
+            };
             match out
                 .message()
                 .await
@@ -312,19 +318,19 @@ impl Guest {
             r = started => r?,
             _ = closed.cancelled() => return Err(GuestError::Closed),
         };
+        if !started.stdout_port {
+            port.give_back();
+        }
         let pid = started.pid;
         let (out_tx, out_rx) = mpsc::channel(CHANNEL_DEPTH);
         let (out_tx, raw) = match port.0.take() {
-            Some(p) if started.stdout_port => {
+            Some(p) => {
                 let (end_tx, end_rx) = oneshot::channel();
                 let relay =
                     tokio::spawn(stdout_port::relay(p, out_tx, end_rx, pool, closed.clone()));
                 (None, Some(RawStdout { end: end_tx, relay }))
             }
-            p => {
-                port.0 = p;
-                (Some(out_tx), None)
-            }
+            None => (Some(out_tx), None),
         };
         let (err_tx, err_rx) = if spec.terminal {
             (None, None)
@@ -355,13 +361,32 @@ impl Guest {
     }
 }
 
-/// A stdout port given back to the pool when dropped while still held.
-struct ReturnOnDrop(Option<StdoutPort>, Arc<PortPool>);
+/// gRPC codes with which the agent refuses a process before starting it.
+const REFUSALS: [tonic::Code; 4] = [
+    tonic::Code::NotFound,
+    tonic::Code::PermissionDenied,
+    tonic::Code::FailedPrecondition,
+    tonic::Code::InvalidArgument,
+];
 
-impl Drop for ReturnOnDrop {
-    fn drop(&mut self) {
+/// A stdout port asked for in an exec request, until the agent answers.
+/// Dropped while still held, it is retired: the request may have started a
+/// process that writes to it.
+struct PendingPort(Option<StdoutPort>, Arc<PortPool>, CancellationToken);
+
+impl PendingPort {
+    /// Back to the pool: the agent did not use it.
+    fn give_back(&mut self) {
         if let Some(p) = self.0.take() {
             self.1.put(p);
+        }
+    }
+}
+
+impl Drop for PendingPort {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            stdout_port::retire(p, self.2.clone());
         }
     }
 }
@@ -449,6 +474,19 @@ async fn forward(tx: &mut Option<mpsc::Sender<Bytes>>, b: Bytes) {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_pending_port_goes_back_only_when_the_agent_did_not_use_it() {
+        let pool = Arc::new(PortPool::default());
+        let (a, _guest_a) = stdout_port::test_port("p0");
+        let mut given = PendingPort(Some(a), pool.clone(), CancellationToken::new());
+        given.give_back();
+        drop(given);
+        assert_eq!(pool.idle(), 1, "a refused request's port is reusable");
+        let (b, _guest_b) = stdout_port::test_port("p1");
+        drop(PendingPort(Some(b), pool.clone(), CancellationToken::new()));
+        assert_eq!(pool.idle(), 1, "an unanswered request's port is retired");
+    }
 
     #[tokio::test]
     async fn large_writes_are_split_into_bounded_messages() {

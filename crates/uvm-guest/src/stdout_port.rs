@@ -205,6 +205,15 @@ pub(crate) async fn relay(
     }
 }
 
+/// Retires `port`: it is drained until the guest closes and never reused.
+/// Outside a runtime it is just closed.
+pub(crate) fn retire(port: StdoutPort, closed: CancellationToken) {
+    tracing::debug!(port = %port.name, "retiring a stdout port");
+    if tokio::runtime::Handle::try_current().is_ok() {
+        drain(port, closed);
+    }
+}
+
 /// Reads and discards a retired port until the guest closes, so a process
 /// still writing to it is not blocked forever.
 fn drain(mut port: StdoutPort, closed: CancellationToken) {
@@ -219,20 +228,26 @@ fn drain(mut port: StdoutPort, closed: CancellationToken) {
     });
 }
 
+/// A port over a socket pair, and the guest's end of it.
+#[cfg(test)]
+pub(crate) fn test_port(name: &str) -> (StdoutPort, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    (
+        StdoutPort {
+            name: name.into(),
+            stream: a,
+        },
+        b,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
     fn port_pair() -> (StdoutPort, UnixStream) {
-        let (a, b) = UnixStream::pair().unwrap();
-        (
-            StdoutPort {
-                name: "p0".into(),
-                stream: a,
-            },
-            b,
-        )
+        test_port("p0")
     }
 
     #[tokio::test]
