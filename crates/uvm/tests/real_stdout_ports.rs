@@ -78,6 +78,21 @@ async fn real_consecutive_processes_get_exactly_their_own_output() {
         PORTS,
         "every port back in the pool"
     );
+    // A process the agent refuses never touched its port: it comes back.
+    let missing = ProcessSpec {
+        args: vec!["no-such-command-xyz".into()],
+        ..Default::default()
+    };
+    let err = guest.spawn(missing).await.unwrap_err();
+    assert!(
+        matches!(err, uvm_guest::GuestError::CommandNotFound { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        guest.idle_stdout_ports(),
+        PORTS,
+        "a refused exec keeps its port"
+    );
     vm.finish().await;
 }
 
