@@ -1,21 +1,28 @@
 //! virtio-serial ports: lookup by name, entropy.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 
 use crate::fdio::FdIo;
 
-const PORTS_DIR: &str = "/sys/class/virtio-ports";
+/// Where the kernel lists virtio-serial ports, one dir (`vportNpM`) each.
+pub const PORTS_DIR: &str = "/sys/class/virtio-ports";
 
 /// Device path (`/dev/vportNpM`) of the port named `name`, if present.
 pub fn find(name: &str) -> Option<PathBuf> {
-    for entry in std::fs::read_dir(PORTS_DIR).ok()?.flatten() {
+    find_in(Path::new(PORTS_DIR), name).map(|dev| Path::new("/dev").join(dev))
+}
+
+/// Device name (`vportNpM`) of the port named `name` (case-insensitive)
+/// among the ports listed in `class_dir`.
+pub fn find_in(class_dir: &Path, name: &str) -> Option<String> {
+    for entry in std::fs::read_dir(class_dir).ok()?.flatten() {
         let port_name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
         if port_name.trim().eq_ignore_ascii_case(name) {
-            return Some(PathBuf::from("/dev").join(entry.file_name()));
+            return Some(entry.file_name().to_string_lossy().into_owned());
         }
     }
     None

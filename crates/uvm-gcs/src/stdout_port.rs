@@ -40,7 +40,7 @@ pub struct PortPaths {
 impl Default for PortPaths {
     fn default() -> Self {
         PortPaths {
-            class_dir: "/sys/class/virtio-ports".into(),
+            class_dir: crate::ports::PORTS_DIR.into(),
             dev_dir: "/dev".into(),
             stats_dir: "/sys/kernel/debug/virtio-ports".into(),
             mount_debugfs: true,
@@ -113,7 +113,12 @@ impl StdoutPorts {
         let name = name.to_ascii_lowercase();
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         if !slots.contains_key(&name) {
-            let dev = find_port(&self.paths.class_dir, &name)?;
+            let dev = crate::ports::find_in(&self.paths.class_dir, &name).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no virtio port named {name}"),
+                )
+            })?;
             if self.paths.mount_debugfs && !self.paths.stats_dir.exists() {
                 mount_debugfs(&self.paths.stats_dir);
             }
@@ -213,20 +218,6 @@ impl Drop for Claim {
             self.ports.release(&self.name, held);
         }
     }
-}
-
-/// `vportNpM` of the port called `name`.
-fn find_port(class_dir: &Path, name: &str) -> io::Result<String> {
-    for entry in std::fs::read_dir(class_dir)?.flatten() {
-        let port_name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-        if port_name.trim().eq_ignore_ascii_case(name) {
-            return Ok(entry.file_name().to_string_lossy().into_owned());
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("no virtio port named {name}"),
-    ))
 }
 
 fn mount_debugfs(stats_dir: &Path) {
