@@ -117,26 +117,21 @@ pub(crate) async fn relay(
     let mut got: u64 = 0;
     let mut buf = BytesMut::new();
     loop {
-        if let Some(w) = want {
-            if got >= w.bytes {
-                if got > w.bytes && !w.retired {
+        if let Some(w) = want.filter(|w| got >= w.bytes) {
+            if w.retired || got > w.bytes {
+                if !w.retired {
                     tracing::warn!(port = %port.name, got, want = w.bytes, "more stdout than the agent counted; retiring the port");
-                    drain(port, closed);
-                } else if w.retired {
-                    drain(port, closed);
-                } else {
-                    pool.put(port);
                 }
-                return Ok(());
+                drain(port, closed);
+            } else {
+                pool.put(port);
             }
+            return Ok(());
         }
-        // Once the count is known, never read past it: what follows belongs
-        // to the port's next process.
-        if buf.capacity() < MIN_READ {
+        if buf.capacity() - buf.len() < MIN_READ {
             buf.reserve(READ_CHUNK);
         }
-        let room = buf.capacity() as u64;
-        let limit = want.map_or(room, |w| (w.bytes - got).min(room));
+        let limit = readable(&buf, want, got);
         let stall = async {
             match want {
                 Some(_) => tokio::time::sleep(STALL).await,
@@ -168,9 +163,8 @@ pub(crate) async fn relay(
                 got += n as u64;
                 // Take whatever else is queued already: fewer, larger
                 // chunks cost the host less per byte.
-                while buf.len() < buf.capacity() {
-                    let room = (buf.capacity() - buf.len()) as u64;
-                    let limit = want.map_or(room, |w| (w.bytes - got).min(room));
+                loop {
+                    let limit = readable(&buf, want, got);
                     if limit == 0 {
                         break;
                     }
@@ -212,6 +206,14 @@ pub(crate) fn retire(port: StdoutPort, closed: CancellationToken) {
     if tokio::runtime::Handle::try_current().is_ok() {
         drain(port, closed);
     }
+}
+
+/// How much the next read may take: the buffer's spare room, and once the
+/// count is known never past it (what follows belongs to the port's next
+/// process).
+fn readable(buf: &BytesMut, want: Option<PortEnd>, got: u64) -> u64 {
+    let room = (buf.capacity() - buf.len()) as u64;
+    want.map_or(room, |w| w.bytes.saturating_sub(got).min(room))
 }
 
 /// Reads and discards a retired port until the guest closes, so a process
