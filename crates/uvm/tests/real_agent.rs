@@ -20,17 +20,8 @@ fn spec(args: &[&str]) -> ProcessSpec {
 
 /// Runs `sh -c script` and returns (stdout, exit outcome).
 async fn sh(vm: &VmGuard, script: &str) -> (String, ExitOutcome) {
-    let guest = vm.mgr.guest().unwrap();
-    let mut p = guest.spawn(spec(&["sh", "-c", script])).await.unwrap();
-    drop(p.stdin.take());
-    let mut out = String::new();
-    p.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
-    (out, p.wait().await.unwrap())
+    let f = common::real::sh(&vm.mgr.guest().unwrap(), script).await;
+    (f.stdout, f.status)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,30 +67,14 @@ async fn real_stdout_and_stderr_kept_apart() {
         return;
     };
     let guest = vm.mgr.guest().unwrap();
-    let mut p = guest
-        .spawn(spec(&[
-            "sh",
-            "-c",
-            "for i in 1 2 3; do echo out$i; echo err$i >&2; done; exit 7",
-        ]))
-        .await
-        .unwrap();
-    drop(p.stdin.take());
-    let (mut o, mut e) = (String::new(), String::new());
-    let mut err = p.stderr.take().unwrap();
-    let err_task = tokio::spawn(async move {
-        err.read_to_string(&mut e).await.unwrap();
-        e
-    });
-    p.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut o)
-        .await
-        .unwrap();
-    assert_eq!(o, "out1\nout2\nout3\n");
-    assert_eq!(err_task.await.unwrap(), "err1\nerr2\nerr3\n");
-    assert_eq!(p.wait().await.unwrap(), ExitOutcome::Code(7));
+    let f = common::real::sh(
+        &guest,
+        "for i in 1 2 3; do echo out$i; echo err$i >&2; done; exit 7",
+    )
+    .await;
+    assert_eq!(f.stdout, "out1\nout2\nout3\n");
+    assert_eq!(f.stderr.as_deref(), Some("err1\nerr2\nerr3\n"));
+    assert_eq!(f.status, ExitOutcome::Code(7));
     vm.finish().await;
 }
 

@@ -25,25 +25,10 @@ async fn boot() -> Option<VmGuard> {
     .await
 }
 
-/// Runs `sh -c script`; returns (stdout, stderr, outcome, stdout on a port).
+/// `sh -c script`: (stdout, stderr, outcome, stdout on a port).
 async fn sh(guest: &Guest, script: &str) -> (String, String, ExitOutcome, bool) {
-    let spec = ProcessSpec {
-        args: vec!["sh".into(), "-c".into(), script.into()],
-        ..Default::default()
-    };
-    let mut p = guest.spawn(spec).await.unwrap();
-    drop(p.stdin.take());
-    let mut out = p.stdout.take().unwrap();
-    let mut err = p.stderr.take().unwrap();
-    let (mut o, mut e) = (String::new(), String::new());
-    let read = async {
-        tokio::try_join!(out.read_to_string(&mut o), err.read_to_string(&mut e)).unwrap();
-    };
-    tokio::time::timeout(Duration::from_secs(120), read)
-        .await
-        .expect("output bounded");
-    let status = p.wait().await.unwrap();
-    (o, e, status, p.stdout_on_port())
+    let f = common::real::sh(guest, script).await;
+    (f.stdout, f.stderr.unwrap(), f.status, f.on_port)
 }
 
 /// What `seq 1 n` prints.

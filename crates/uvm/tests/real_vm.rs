@@ -138,17 +138,10 @@ async fn real_streaming_exec() {
         window: Some((40, 100)),
         ..Default::default()
     };
-    let mut p = guest.spawn(spec).await.unwrap();
-    assert!(p.stderr.is_none(), "a terminal merges stderr into stdout");
-    let mut out = String::new();
-    p.stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
-    assert!(out.contains("/dev/pts/"), "{out:?}");
-    assert_eq!(p.wait().await.unwrap(), uvm_guest::ExitOutcome::Code(0));
+    let f = common::real::run_spec(&guest, spec).await;
+    assert!(f.stderr.is_none(), "a terminal merges stderr into stdout");
+    assert!(f.stdout.contains("/dev/pts/"), "{:?}", f.stdout);
+    assert_eq!(f.status, uvm_guest::ExitOutcome::Code(0));
     let spec = uvm_guest::ProcessSpec {
         args: vec!["sleep".into(), "100".into()],
         ..Default::default()

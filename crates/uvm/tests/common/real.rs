@@ -201,3 +201,53 @@ pub async fn stdout_ports_ready(guest: &uvm_guest::Guest, n: usize) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// What a guest process left behind.
+#[allow(dead_code)] // not every test binary uses every field
+pub struct Finished {
+    pub stdout: String,
+    /// None on a terminal (merged into stdout).
+    pub stderr: Option<String>,
+    pub status: uvm_guest::ExitOutcome,
+    pub on_port: bool,
+}
+
+/// Runs `spec` with stdin closed and collects both outputs (bounded: 120 s).
+#[allow(dead_code)]
+pub async fn run_spec(guest: &uvm_guest::Guest, spec: uvm_guest::ProcessSpec) -> Finished {
+    use tokio::io::AsyncReadExt;
+    let mut p = guest.spawn(spec).await.unwrap();
+    drop(p.stdin.take());
+    let mut out = p.stdout.take().unwrap();
+    let err = p.stderr.take();
+    let has_stderr = err.is_some();
+    let (mut o, mut e) = (String::new(), String::new());
+    let read = async {
+        let stderr = async {
+            match err {
+                Some(mut err) => err.read_to_string(&mut e).await.map(drop),
+                None => Ok(()),
+            }
+        };
+        tokio::try_join!(out.read_to_string(&mut o), stderr).unwrap();
+    };
+    tokio::time::timeout(Duration::from_secs(120), read)
+        .await
+        .expect("output bounded");
+    Finished {
+        status: p.wait().await.unwrap(),
+        on_port: p.stdout_on_port(),
+        stdout: o,
+        stderr: has_stderr.then_some(e),
+    }
+}
+
+/// [`run_spec`] of `sh -c script`.
+#[allow(dead_code)]
+pub async fn sh(guest: &uvm_guest::Guest, script: &str) -> Finished {
+    let spec = uvm_guest::ProcessSpec {
+        args: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    };
+    run_spec(guest, spec).await
+}
