@@ -28,11 +28,7 @@ async fn create_start_stats_terminate() {
          while true; do $B sleep 1; done"
     );
     let initrd = initramfs(w.tmp.path(), &script);
-    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
-        .memory_mb(128)
-        .processors(1)
-        .cmdline(cmdline())
-        .build();
+    let doc = small_doc(&kernel, &initrd);
     let ch = ChannelSet::default().with("gcs", "gcs.port");
     let g = boot(&w, "vm-stats", &doc, &ch).await;
     let vm = &g.vm;
@@ -97,11 +93,7 @@ async fn sigkill_of_qemu_is_signaled_9_for_every_waiter() {
     let _l = BOOT_LOCK.lock().await;
     let w = World::new();
     let initrd = initramfs(w.tmp.path(), "while true; do $B sleep 1; done");
-    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
-        .memory_mb(128)
-        .processors(1)
-        .cmdline(cmdline())
-        .build();
+    let doc = small_doc(&kernel, &initrd);
     let g = boot(&w, "vm-kill", &doc, &ChannelSet::default()).await;
     g.vm.start().await.unwrap();
     let (a, b) = (Arc::clone(&g.vm), Arc::clone(&g.vm));
@@ -125,11 +117,7 @@ async fn stopped_qemu_is_killed_after_grace() {
     let _l = BOOT_LOCK.lock().await;
     let w = World::with(|c| c.terminate_grace = Duration::from_secs(1));
     let initrd = initramfs(w.tmp.path(), "while true; do $B sleep 1; done");
-    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
-        .memory_mb(128)
-        .processors(1)
-        .cmdline(cmdline())
-        .build();
+    let doc = small_doc(&kernel, &initrd);
     let g = boot(&w, "vm-stopped", &doc, &ChannelSet::default()).await;
     g.vm.start().await.unwrap();
     // SAFETY: kill(2) of our QEMU child.
@@ -153,11 +141,7 @@ async fn guest_poweroff_is_clean() {
     let _l = BOOT_LOCK.lock().await;
     let w = World::new();
     let initrd = initramfs(w.tmp.path(), "echo BYE; $B poweroff -f");
-    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
-        .memory_mb(128)
-        .processors(1)
-        .cmdline(cmdline())
-        .build();
+    let doc = small_doc(&kernel, &initrd);
     let g = boot(&w, "vm-poweroff", &doc, &ChannelSet::default()).await;
     g.vm.start().await.unwrap();
     let r = wait_bounded(g.vm.as_ref()).await;
@@ -183,11 +167,7 @@ async fn guest_panic_is_reported_with_console() {
         w.tmp.path(),
         &format!("{MOUNTS}\necho c > /proc/sysrq-trigger"),
     );
-    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
-        .memory_mb(128)
-        .processors(1)
-        .cmdline(cmdline())
-        .build();
+    let doc = small_doc(&kernel, &initrd);
     let g = boot(&w, "vm-panic", &doc, &ChannelSet::default()).await;
     g.vm.start().await.unwrap();
     let r = wait_bounded(g.vm.as_ref()).await;
@@ -213,11 +193,7 @@ async fn init_exit_is_a_panic() {
     let _l = BOOT_LOCK.lock().await;
     let w = World::new();
     let initrd = initramfs(w.tmp.path(), "exit 3");
-    let doc = LcowDocumentBuilder::new(&kernel, &initrd)
-        .memory_mb(128)
-        .processors(1)
-        .cmdline(cmdline())
-        .build();
+    let doc = small_doc(&kernel, &initrd);
     let g = boot(&w, "vm-initexit", &doc, &ChannelSet::default()).await;
     g.vm.start().await.unwrap();
     let r = wait_bounded(g.vm.as_ref()).await;
