@@ -1,7 +1,8 @@
-//! Profiling aid: A/B boot of our UVM with two agent binaries (e.g. as built
-//! vs stripped), interleaved, same kernel and memory. Prints medians.
-//! `cargo run --release -p uvm-bench --example boot_ab -- AGENT_B [RUNS]`
-//! (A = the agent `uvm_image::locate_agent` finds, B = the given file).
+//! Profiling aid: A/B boot of our UVM, interleaved, same memory. Prints medians.
+//! `cargo run --release -p uvm-bench --example boot_ab -- B [RUNS]`
+//! A = the image as built (the agent `uvm_image::locate_agent` finds); B =
+//! the same with another agent binary (`B` a path) or another kernel
+//! (`B` = `kernel=VMLINUX`, same initramfs and command line).
 
 use uvm_bench::ours::OurVm;
 use uvm_bench::stats::{median, ms};
@@ -10,12 +11,25 @@ use uvm_bench::KernelKind;
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let agent_b = args.first().expect("usage: boot_ab AGENT_B [RUNS]").clone();
+    let variant = args
+        .first()
+        .expect("usage: boot_ab AGENT_B|kernel=VMLINUX [RUNS]")
+        .clone();
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(7);
     let a = uvm_image::ensure_image(&KernelKind::Tuned, &|_| {}).expect("image A");
-    std::env::set_var("UVM_AGENT", &agent_b);
-    let b = uvm_image::ensure_image(&KernelKind::Tuned, &|_| {}).expect("image B");
-    std::env::remove_var("UVM_AGENT");
+    let b = match variant.strip_prefix("kernel=") {
+        Some(kernel) => {
+            let mut b = a.clone();
+            b.kernel = kernel.into();
+            b
+        }
+        None => {
+            std::env::set_var("UVM_AGENT", &variant);
+            let b = uvm_image::ensure_image(&KernelKind::Tuned, &|_| {}).expect("image B");
+            std::env::remove_var("UVM_AGENT");
+            b
+        }
+    };
     let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len() >> 10).unwrap_or(0);
     let (mut ta, mut tb) = (vec![], vec![]);
     for i in 0..runs {
@@ -28,12 +42,14 @@ async fn main() {
         }
     }
     println!(
-        "A initrd {} KiB: create+start median {:.1} ms",
+        "A {} + initrd {} KiB: create+start median {:.1} ms",
+        a.kernel.display(),
         size(&a.initrd),
         median(&ta).unwrap()
     );
     println!(
-        "B initrd {} KiB: create+start median {:.1} ms (runs {runs})",
+        "B {} + initrd {} KiB: create+start median {:.1} ms (runs {runs})",
+        b.kernel.display(),
         size(&b.initrd),
         median(&tb).unwrap()
     );
