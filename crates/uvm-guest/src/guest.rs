@@ -127,7 +127,8 @@ impl Guest {
 
     /// Guest capabilities, once negotiated.
     pub fn capabilities(&self) -> Option<gcs::Capabilities> {
-        self.negotiated().map(|n| n.capabilities)
+        // Read in place: every spawn asks, and the rest of `Negotiated` is strings.
+        lock(&self.negotiated).as_ref().map(|n| n.capabilities)
     }
 
     /// Accepts the GCS connection within `timeout` and sets up the gRPC client
