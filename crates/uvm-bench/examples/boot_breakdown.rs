@@ -17,6 +17,8 @@
 //! `rawcmdline=WORDS` (the uptime rawinit with WORDS on the command line)
 //! or `rawconsole[=WORDS]` (the uptime rawinit with a UART to a file, as
 //! ours has; a word `-X` removes X from the command line).
+//! `BREAKDOWN_KERNEL=VMLINUX` boots every variant, raw ones included, on that
+//! kernel instead of the tuned image's.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -141,7 +143,11 @@ async fn main() {
         .with(tracing_subscriber::filter::LevelFilter::DEBUG)
         .init();
     let opts = BenchOptions::quick();
-    let raw_img = setup::raw_image(&KernelKind::Tuned).expect("raw image");
+    let kernel_override = std::env::var_os("BREAKDOWN_KERNEL");
+    let mut raw_img = setup::raw_image(&KernelKind::Tuned).expect("raw image");
+    if let Some(k) = &kernel_override {
+        raw_img.kernel = k.into();
+    }
     let raw_vm = setup::baseline(&raw_img, &raw_img.initrd, &opts, 128);
     // The measurement-only rawinit copy.
     let dir = tempfile::Builder::new()
@@ -174,7 +180,10 @@ async fn main() {
     let mut agents: Vec<Option<String>> = Vec::new();
     let mut images = Vec::new();
     let mut raw_extra: Vec<(String, raw::BaselineVm)> = Vec::new();
-    let default_img = uvm_image::ensure_image(&KernelKind::Tuned, &|_| {}).expect("image");
+    let mut default_img = uvm_image::ensure_image(&KernelKind::Tuned, &|_| {}).expect("image");
+    if let Some(k) = &kernel_override {
+        default_img.kernel = k.into();
+    }
     for a in args.iter().skip(1) {
         if let Some(p) = a.strip_prefix("initrd=") {
             let mut img = default_img.clone();
