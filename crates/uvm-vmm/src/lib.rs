@@ -9,7 +9,7 @@
 //! - Binary: [`QemuConfig::binary`], else `$UVM_QEMU`, else `qemu-system-x86_64`
 //!   on `$PATH`; QEMU >= 7.0. `-sandbox` (seccomp) is used when the binary has it.
 //! - Accelerator: KVM only when `/dev/kvm` opens **and** `/proc/cpuinfo` has
-//!   `vmx`/`svm`; TCG otherwise (with `tb-size` = [`QemuConfig::tb_size_mb`], default [`DEFAULT_TB_SIZE_MB`] = 16 MiB).
+//!   `vmx`/`svm`; TCG otherwise (with `tb-size` = [`QemuConfig::tb_size_mb`], default [`DEFAULT_TB_SIZE_MB`] = 32 MiB).
 //! - Machine: `microvm` (virtio-mmio, PVH) for an ELF vmlinux, `q35` (PCI)
 //!   for a bzImage, or [`QemuConfig::machine`].
 //! - Runtime dir `<root>/<id>` (0700): `qmp.sock` and `<role>.sock` per
@@ -30,7 +30,7 @@
 //! ```text
 //! qemu-system-x86_64 -S -nodefaults -no-user-config -nographic -no-reboot
 //!   -action panic=shutdown -name guest=<id>,debug-threads=on
-//!   -machine microvm,x-option-roms=off -accel tcg,tb-size=16 -m 512M -smp 2
+//!   -machine microvm,x-option-roms=off -accel tcg,tb-size=32 -m 512M -smp 2
 //!   -kernel vmlinux -initrd initrd.img -append "console=ttyS0 panic=-1"
 //!   -chardev socket,id=qmp,path=<dir>/qmp.sock -mon chardev=qmp,mode=control
 //!   -chardev file,id=com0,path=<dir>/console.log,append=on -serial chardev:com0

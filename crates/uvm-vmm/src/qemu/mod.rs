@@ -39,13 +39,15 @@ use crate::{ChannelSet, ExitReason, Hypervisor, UtilityVm, VmmError};
 
 /// Default TCG translation-cache cap (MiB).
 ///
-/// The cache is host memory QEMU touches as it translates guest code: at 64
-/// MiB an idle UVM's Rss was 152 MiB, of which ~34 MiB translation cache; at
-/// 16 MiB it is 132 MiB (-20 MiB per VM) with no measurable change in boot,
-/// exec or stdout throughput (the agent's working set of guest code is small;
-/// `uvm-bench` example `tb_size_rss`, PERF.md M1). Raise it through
+/// The cache is host memory QEMU touches as it translates guest code. The
+/// tuned kernel's boot plus the agent translate 24–32 MiB of code (-O2
+/// kernel): an idle UVM's Rss is 137 / 147 / 155 / 155 MiB at 16 / 24 / 32
+/// / 64 MiB, and at 16 MiB the cache fills during boot and is flushed, which
+/// costs 20–190 ms of retranslation (`uvm-bench` example `tb_size_rss`,
+/// PERF.md "session 3"). 32 MiB holds a boot without a flush and still bounds
+/// what a long-running guest can grow to. Raise it through
 /// [`QemuConfig::tb_size_mb`] for guests that run large, hot code bases.
-pub const DEFAULT_TB_SIZE_MB: u32 = 16;
+pub const DEFAULT_TB_SIZE_MB: u32 = 32;
 
 /// Settings of the QEMU backend. `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
