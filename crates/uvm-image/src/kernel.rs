@@ -18,7 +18,7 @@ pub const CONFIG_FRAGMENT: &str = include_str!("../../../guest/kernel/uvm.config
 pub const TUNED_CMDLINE: &str = include_str!("../../../guest/kernel/cmdline");
 /// Base command line for a stock kernel on `-M q35` (measurements: `guest/kernel/NOTES.md`).
 pub const STOCK_CMDLINE: &str =
-    "console=ttyS0 panic=-1 quiet no_timer_check tsc=reliable cryptomgr.notests i8042.noaux i8042.nokbd i8042.nopnp 8250.nr_uarts=1";
+    "console=ttyS0 panic=-1 quiet no_timer_check tsc=reliable noreplace-smp cryptomgr.notests i8042.noaux i8042.nokbd i8042.nopnp 8250.nr_uarts=1";
 /// Default kernel source tarball (`UVM_KERNEL_SOURCE` overrides it).
 pub const DEFAULT_KERNEL_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
 
