@@ -35,6 +35,19 @@ pub struct InFlightGuard {
 }
 
 impl InFlightGuard {
+    /// Records the caller's stack for this request (once; symbolized at dump
+    /// time).
+    pub fn record_stack(&self) {
+        let wanted = (self.reg.lock().get(&self.id)).is_some_and(|e| e.backtrace.is_none());
+        if wanted {
+            // Unwound outside the lock: a dump meanwhile must not wait for it.
+            let bt = Backtrace::force_capture();
+            if let Some(entry) = self.reg.lock().get_mut(&self.id) {
+                entry.backtrace = Some(bt);
+            }
+        }
+    }
+
     /// Records the pid of the process this request runs.
     pub fn set_pid(&self, pid: u32) {
         self.pid.store(pid, Ordering::Relaxed);
@@ -92,7 +105,7 @@ impl InFlight {
             if let Some(bt) = &entry.backtrace {
                 let mut text = format!("{bt}");
                 truncate(&mut text, MAX_BACKTRACE_BYTES);
-                let _ = writeln!(out, "  stack of the {} handler at start:", entry.name);
+                let _ = writeln!(out, "  stack of the {} handler:", entry.name);
                 for line in text.lines() {
                     let _ = writeln!(out, "    {line}");
                 }
@@ -182,6 +195,27 @@ pub fn dump(inflight: &InFlight) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[inline(never)]
+    fn later_frame(guard: &InFlightGuard) {
+        guard.record_stack();
+    }
+
+    #[test]
+    fn a_stack_recorded_later_shows_up_once() {
+        let reg = InFlight::default();
+        let guard = reg.enter("exec", "sleep 30".into(), false);
+        let mut out = String::new();
+        reg.render(&mut out);
+        assert!(!out.contains("stack of the exec handler"), "{out}");
+        later_frame(&guard);
+        // A second call keeps the first stack.
+        guard.record_stack();
+        let mut out = String::new();
+        reg.render(&mut out);
+        assert_eq!(out.matches("stack of the exec handler").count(), 1, "{out}");
+        assert!(out.contains("later_frame"), "{out}");
+    }
 
     #[test]
     fn registry_lists_and_forgets_requests() {

@@ -90,8 +90,17 @@ async fn real_dump_during_a_long_exec_names_the_exec_handler() {
         dump.to_lowercase().contains("exec [sleep 30]"),
         "no exec handler in the dump:\n{dump}"
     );
+    // The exec records its stack once the process has run for 100 ms.
+    let mut dump = dump;
+    for _ in 0..50 {
+        if dump.contains("uvm_gcs::exec") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        dump = vm.mgr.dump_stacks().await.unwrap();
+    }
     assert!(
-        dump.contains("uvm_gcs::exec"),
+        dump.contains("uvm_gcs::exec::exec_still_running"),
         "no symbolized exec frame:\n{dump}"
     );
     assert!(dump.contains("in-flight"), "{dump}");
