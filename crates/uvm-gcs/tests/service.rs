@@ -111,17 +111,25 @@ async fn dump_during_a_long_exec_names_the_exec_handler() {
         Some(exec_output::Msg::Started(s)) => s.pid,
         other => panic!("unexpected {other:?}"),
     };
-    let dump = c
-        .dump_stacks(DumpStacksRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .stacks;
+    let mut dump = String::new();
+    // The exec records its stack once its process has run for 100 ms.
+    for _ in 0..50 {
+        dump = c
+            .dump_stacks(DumpStacksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .stacks;
+        if dump.contains("uvm_gcs::exec") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
     assert!(dump.contains("Exec [sleep 30] running"), "{dump}");
     assert!(dump.contains(&format!("pid {pid}")), "{dump}");
     assert!(
-        dump.contains("uvm_gcs::exec::exec_handler"),
-        "no symbolized exec handler frame:\n{dump}"
+        dump.contains("uvm_gcs::exec::exec_still_running"),
+        "no symbolized exec frame:\n{dump}"
     );
     assert!(
         dump.contains("gcs-worker"),
