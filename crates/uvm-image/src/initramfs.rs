@@ -167,18 +167,27 @@ pub fn build_initramfs(spec: &InitramfsSpec) -> Result<Vec<u8>> {
 
 /// Builds the initramfs into the cache, `<cache>/initramfs/<key>.cpio`, unless
 /// it is there already (then this costs reading and hashing the inputs).
+/// A build also prunes the cache to the [`KEEP`](crate::prune::KEEP) most
+/// recently used archives plus any used within the last hour.
 pub fn ensure_initramfs(spec: &InitramfsSpec, progress: &dyn Fn(&str)) -> Result<PathBuf> {
     let inputs = Inputs::load(spec)?;
     let dir = crate::cache_dir().join("initramfs");
     let path = dir.join(format!("{}.cpio", inputs.key()));
     if path.is_file() {
         tracing::debug!(path = %path.display(), "initramfs cached");
+        crate::prune::touch(&path);
         return Ok(path);
     }
     progress(&format!("building initramfs {}", path.display()));
     let bytes = inputs.archive(spec.busybox.as_deref())?.to_bytes()?;
     crate::write_atomic(&path, &bytes)?;
     tracing::info!(path = %path.display(), bytes = bytes.len(), "initramfs built");
+    crate::prune::prune(
+        &dir,
+        crate::prune::KEEP,
+        crate::prune::GRACE,
+        std::time::SystemTime::now(),
+    );
     Ok(path)
 }
 

@@ -18,6 +18,7 @@ mod image;
 mod initramfs;
 mod kernel;
 pub mod modules;
+mod prune;
 
 use std::path::{Path, PathBuf};
 
