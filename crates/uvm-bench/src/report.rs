@@ -91,6 +91,11 @@ pub struct Exec {
     pub peer_floor_ms: Option<f64>,
     /// How the floor was measured.
     pub floor_method: String,
+    /// Ours, the first exec after boot (one sample): code the guest runs for
+    /// the first time, which under TCG is translated first.
+    pub first_ms: Option<f64>,
+    /// The peer's first `guest-exec` + status after it answered `guest-sync`.
+    pub peer_first_ms: Option<f64>,
 }
 
 /// Guest stdout to a host file, next to raw virtio-serial.
@@ -299,6 +304,14 @@ impl Report {
                 e.floor_ms,
                 None,
                 e.peer_floor_ms,
+                None,
+                None,
+            );
+            row(
+                "  first exec after boot ms (n=1)",
+                e.first_ms,
+                None,
+                e.peer_first_ms,
                 None,
                 None,
             );
