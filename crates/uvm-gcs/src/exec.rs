@@ -61,7 +61,7 @@ const RECORD_STACK_AFTER: Duration = Duration::from_millis(100);
 /// Registers the request for `DumpStacks` (its stack follows once the
 /// process has run for [`RECORD_STACK_AFTER`]).
 fn exec_handler_started(shared: &Shared, args: &[String]) -> InFlightGuard {
-    shared.inflight.enter("Exec", summary(args), false)
+    shared.inflight.enter("Exec", summary(args))
 }
 
 /// Records the exec's stack, from inside the task that drives it. Never

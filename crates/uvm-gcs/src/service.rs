@@ -160,10 +160,7 @@ impl Gcs for Agent {
         &self,
         _: Request<DumpStacksRequest>,
     ) -> Result<Response<DumpStacksResponse>, Status> {
-        let _guard = self
-            .shared
-            .inflight
-            .enter("DumpStacks", String::new(), false);
+        let _guard = self.shared.inflight.enter("DumpStacks", String::new());
         let inflight = self.shared.inflight.clone();
         let stacks = tokio::task::spawn_blocking(move || crate::stacks::dump(&inflight))
             .await

@@ -65,8 +65,9 @@ impl InFlight {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a request; `capture` records the caller's stack (symbolized at dump time).
-    pub fn enter(&self, name: &'static str, summary: String, capture: bool) -> InFlightGuard {
+    /// Registers a request (its stack follows through
+    /// [`InFlightGuard::record_stack`], if at all).
+    pub fn enter(&self, name: &'static str, summary: String) -> InFlightGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let pid = Arc::new(AtomicU32::new(0));
         let entry = Entry {
@@ -74,7 +75,7 @@ impl InFlight {
             summary,
             started: Instant::now(),
             pid: pid.clone(),
-            backtrace: capture.then(Backtrace::force_capture),
+            backtrace: None,
         };
         self.lock().insert(id, entry);
         InFlightGuard {
@@ -204,7 +205,7 @@ mod tests {
     #[test]
     fn a_stack_recorded_later_shows_up_once() {
         let reg = InFlight::default();
-        let guard = reg.enter("exec", "sleep 30".into(), false);
+        let guard = reg.enter("exec", "sleep 30".into());
         let mut out = String::new();
         reg.render(&mut out);
         assert!(!out.contains("stack of the exec handler"), "{out}");
@@ -220,7 +221,8 @@ mod tests {
     #[test]
     fn registry_lists_and_forgets_requests() {
         let reg = InFlight::default();
-        let guard = reg.enter("exec", "sleep 30".into(), true);
+        let guard = reg.enter("exec", "sleep 30".into());
+        guard.record_stack();
         guard.set_pid(42);
         let mut out = String::new();
         reg.render(&mut out);
