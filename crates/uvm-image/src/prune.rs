@@ -16,13 +16,17 @@ pub const GRACE: Duration = Duration::from_secs(3600);
 /// Records that `path` was just used, so that pruning keeps it. Best effort:
 /// an archive whose mtime cannot be set is only pruned earlier.
 pub(crate) fn touch(path: &Path) {
-    let set = std::fs::File::options()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_modified(SystemTime::now()));
-    if let Err(e) = set {
+    if let Err(e) = set_used(path, SystemTime::now()) {
         tracing::debug!(path = %path.display(), error = %e, "cannot mark a cached initramfs as used");
     }
+}
+
+/// Sets when `path` was last used (its mtime).
+fn set_used(path: &Path, at: SystemTime) -> std::io::Result<()> {
+    std::fs::File::options()
+        .write(true)
+        .open(path)?
+        .set_modified(at)
 }
 
 /// Removes the `*.cpio` files of `dir` beyond the `keep` most recently used,
@@ -65,8 +69,7 @@ mod tests {
     fn archive(dir: &Path, name: &str, age_s: u64, now: SystemTime) {
         let p = dir.join(name);
         std::fs::write(&p, b"cpio").unwrap();
-        let f = std::fs::File::options().write(true).open(&p).unwrap();
-        f.set_modified(now - Duration::from_secs(age_s)).unwrap();
+        set_used(&p, now - Duration::from_secs(age_s)).unwrap();
     }
 
     fn names(dir: &Path) -> Vec<String> {
