@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::real::{stdout_ports_ready, VmGuard};
@@ -14,15 +15,19 @@ use uvm_guest::{ExitOutcome, Guest, ProcessSpec};
 /// More than the default, so reuse, fallback and retirement all show.
 const PORTS: usize = 3;
 
-async fn boot() -> Option<VmGuard> {
-    VmGuard::boot_config(
+/// A VM with [`PORTS`] stdout ports, all of them accepted by the host.
+async fn boot() -> Option<(VmGuard, Arc<Guest>)> {
+    let vm = VmGuard::boot_config(
         256,
         ManagerConfig {
             stdout_ports: PORTS as u32,
             ..ManagerConfig::default()
         },
     )
-    .await
+    .await?;
+    let guest = vm.mgr.guest().unwrap();
+    stdout_ports_ready(&guest, PORTS).await;
+    Some((vm, guest))
 }
 
 /// `sh -c script`: (stdout, stderr, outcome, stdout on a port).
@@ -38,11 +43,9 @@ fn seq(n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_consecutive_processes_get_exactly_their_own_output() {
-    let Some(vm) = boot().await else {
+    let Some((vm, guest)) = boot().await else {
         return;
     };
-    let guest = vm.mgr.guest().unwrap();
-    stdout_ports_ready(&guest, PORTS).await;
     // More processes than ports, lengths around the relay's read size, so
     // every port is reused and boundaries fall mid-read.
     for i in 0..(3 * PORTS) {
@@ -83,11 +86,9 @@ async fn real_consecutive_processes_get_exactly_their_own_output() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_more_concurrent_processes_than_ports() {
-    let Some(vm) = boot().await else {
+    let Some((vm, guest)) = boot().await else {
         return;
     };
-    let guest = vm.mgr.guest().unwrap();
-    stdout_ports_ready(&guest, PORTS).await;
     let runs = (0..PORTS + 3).map(|i| {
         let guest = guest.clone();
         async move {
@@ -117,11 +118,9 @@ async fn real_more_concurrent_processes_than_ports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_a_background_writer_retires_its_port_and_leaks_nowhere() {
-    let Some(vm) = boot().await else {
+    let Some((vm, guest)) = boot().await else {
         return;
     };
-    let guest = vm.mgr.guest().unwrap();
-    stdout_ports_ready(&guest, PORTS).await;
     // The shell exits at once; its background child keeps stdout and writes
     // after the agent's drain period (2 s), with margin for a loaded host.
     let (out, _, status, on_port) = sh(&guest, "echo first; (sleep 8; echo LATE) & exit 3").await;
@@ -184,11 +183,9 @@ async fn real_default_vm_has_one_port_and_none_when_disabled() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_a_writer_killed_mid_stream_leaves_the_port_clean() {
-    let Some(vm) = boot().await else {
+    let Some((vm, guest)) = boot().await else {
         return;
     };
-    let guest = vm.mgr.guest().unwrap();
-    stdout_ports_ready(&guest, 1).await;
     let spec = ProcessSpec {
         args: vec!["dd".into(), "if=/dev/zero".into(), "bs=65536".into()],
         ..Default::default()
