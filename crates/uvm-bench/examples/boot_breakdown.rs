@@ -107,10 +107,7 @@ async fn raw_uptime_run(vm: &raw::BaselineVm) -> (f64, f64, f64) {
     raw::guard(&mut run, "first byte", async {
         s.read_exact(&mut b)
             .await
-            .map_err(|e| uvm_bench::BenchError::Io {
-                what: "read".into(),
-                source: e,
-            })
+            .map_err(|e| uvm_bench::BenchError::io("read", e))
     })
     .await
     .expect("first byte");
@@ -120,10 +117,7 @@ async fn raw_uptime_run(vm: &raw::BaselineVm) -> (f64, f64, f64) {
     raw::guard(&mut run, "uptime line", async {
         r.read_line(&mut line)
             .await
-            .map_err(|e| uvm_bench::BenchError::Io {
-                what: "read".into(),
-                source: e,
-            })
+            .map_err(|e| uvm_bench::BenchError::io("read", e))
     })
     .await
     .expect("uptime line");

@@ -75,7 +75,8 @@ pub enum BenchError {
 }
 
 impl BenchError {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    /// An I/O error while doing `what`.
+    pub fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         BenchError::Io {
             what: what.into(),
             source,
