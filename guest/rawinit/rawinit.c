@@ -10,6 +10,10 @@
  * differ only in the channel. After the N
  * bytes it first waits (at most 30 s) for the host to send a byte or hang up,
  * so that data still queued in QEMU is not lost to the power-off.
+ * Run as an ordinary process (`rawinit write N`), it writes N bytes from the
+ * same static 64 KiB buffer to its stdout and exits: the benchmark runs that
+ * as the workload of its own stdout measurement, so that both sides run the
+ * same writer and differ only in the channel.
  * Works with the tuned kernel (microvm, virtio-mmio) and the stock kernel (q35,
  * virtio-pci) as long as virtio_console is loaded: with a stock kernel, the
  * modules listed in /lib/modules/uvm-load-order are loaded first.
@@ -99,7 +103,32 @@ static int open_port(const char *want) {
     return -1;
 }
 
-int main(void) {
+/* Writes `left` bytes in 64 KiB chunks to `out`; each chunk is first read
+ * from `zero` when that is an open /dev/zero. Returns 0, or -1 on a failure. */
+static int write_payload(int out, unsigned long long left, int zero) {
+    static char chunk[65536];
+    memset(chunk, 'x', sizeof chunk);
+    while (left > 0) {
+        size_t len = left < sizeof chunk ? (size_t)left : sizeof chunk;
+        if (zero >= 0 && read(zero, chunk, len) != (ssize_t)len) return -1;
+        for (size_t off = 0; off < len;) {
+            ssize_t n = write(out, chunk + off, len - off);
+            if (n <= 0) return -1;
+            off += (size_t)n;
+        }
+        left -= len;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (getpid() != 1) {
+        if (argc != 3 || strcmp(argv[1], "write") != 0) {
+            fprintf(stderr, "usage: rawinit write BYTES   (as PID 1: the raw baseline's /init)\n");
+            return 2;
+        }
+        return write_payload(1, strtoull(argv[2], NULL, 10), -1) == 0 ? 0 : 1;
+    }
     char port[128] = "uvm.raw", bytes[32], source[16] = "static";
     mount("devtmpfs", "/dev", "devtmpfs", 0, NULL);   /* EBUSY if automounted */
     mount("sysfs", "/sys", "sysfs", 0, NULL);
@@ -113,21 +142,9 @@ int main(void) {
     if (out < 0) die("virtio-serial port not found");
     if (write(out, "!", 1) != 1) die("write failed");
     if (param("uvm.raw_bytes", bytes, sizeof bytes)) {
-        static char chunk[65536];
-        unsigned long long left = strtoull(bytes, NULL, 10);
         int zero = strcmp(source, "zero") == 0 ? open("/dev/zero", O_RDONLY) : -1;
         if (strcmp(source, "zero") == 0 && zero < 0) die("cannot open /dev/zero");
-        memset(chunk, 'x', sizeof chunk);
-        while (left > 0) {
-            size_t len = left < sizeof chunk ? (size_t)left : sizeof chunk;
-            if (zero >= 0 && read(zero, chunk, len) != (ssize_t)len) die("read /dev/zero failed");
-            for (size_t off = 0; off < len;) {
-                ssize_t n = write(out, chunk + off, len - off);
-                if (n <= 0) die("write failed");
-                off += (size_t)n;
-            }
-            left -= len;
-        }
+        if (write_payload(out, strtoull(bytes, NULL, 10), zero) != 0) die("payload write failed");
         struct pollfd pfd = {.fd = out, .events = POLLIN};
         poll(&pfd, 1, 30000);
     }

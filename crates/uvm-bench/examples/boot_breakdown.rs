@@ -36,15 +36,15 @@ use uvm_bench::{raw, setup, BenchOptions, KernelKind};
 fn uptime_rawinit_source() -> String {
     let src = uvm_image::RAWINIT_SOURCE;
     let src = src.replace(
-        "int main(void) {",
-        "#include <time.h>\nstatic unsigned long long up_us(void) { struct timespec t; clock_gettime(CLOCK_BOOTTIME, &t); return t.tv_sec * 1000000ULL + t.tv_nsec / 1000; }\nint main(void) {\n    unsigned long long t_main = up_us();",
+        "int main(int argc, char **argv) {",
+        "#include <time.h>\nstatic unsigned long long up_us(void) { struct timespec t; clock_gettime(CLOCK_BOOTTIME, &t); return t.tv_sec * 1000000ULL + t.tv_nsec / 1000; }\nint main(int argc, char **argv) {\n    unsigned long long t_main = up_us();",
     );
     let src = src.replace(
         "    if (write(out, \"!\", 1) != 1) die(\"write failed\");",
         "    unsigned long long t_byte = up_us();\n    if (write(out, \"!\", 1) != 1) die(\"write failed\");\n    { char l[64]; int n = snprintf(l, sizeof l, \"%llu %llu\\n\", t_main, t_byte); (void)!write(out, l, n); }",
     );
     assert!(
-        src.contains("t_byte"),
+        src.contains("t_main = up_us") && src.contains("t_byte = up_us"),
         "rawinit source changed; update the patch"
     );
     src

@@ -1,6 +1,7 @@
-//! Profiling aid: guest stdout (dd, 64 KiB blocks) through exec, host side
-//! discarding vs writing a host file, interleaved with the raw virtio-serial
-//! baselines (static buffer, and /dev/zero reads as dd does); MiB/s medians.
+//! Profiling aid: guest stdout (dd, 64 KiB blocks, and the raw baseline's
+//! static writer) through exec, host side discarding vs writing a host file,
+//! interleaved with the raw virtio-serial baselines (static buffer, and
+//! /dev/zero reads as dd does); MiB/s medians.
 //! `cargo run --release -p uvm-bench --example stdout_sink_ab -- [MIB] [RUNS]`
 
 use uvm_bench::ours::OurVm;
@@ -16,7 +17,11 @@ async fn main() {
     let vm = OurVm::boot("stdout-sink-ab", &image, 128, 1)
         .await
         .expect("boot");
-    let dir = tempfile::tempdir().unwrap();
+    // SINK_DIR: where the host file goes (default: a temp dir).
+    let dir = match std::env::var_os("SINK_DIR") {
+        Some(d) => tempfile::tempdir_in(d).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    };
     let out = dir.path().join("out");
     let count = format!("count={}", (mib << 20) >> 16);
     let dd = ["dd", "if=/dev/zero", "bs=65536", &count];
@@ -27,8 +32,15 @@ async fn main() {
         let (n, d) = s.payload.expect("payload");
         n as f64 / (1 << 20) as f64 / d.as_secs_f64()
     };
+    let writer = uvm_image::compile_rawinit(&|_| {}).expect("rawinit");
+    uvm_bench::ours::install_writer(&vm, &writer)
+        .await
+        .expect("writer");
+    let n = (mib << 20).to_string();
+    let static_writer = [uvm_bench::ours::GUEST_WRITER, "write", &n];
     let (mut discard, mut file, mut rs, mut rz, mut null) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let (mut s_file, mut s_null) = (vec![], vec![]);
     for _ in 0..runs {
         rs.push(raw_mib_s(
             raw::raw_run_from(&base, Some(mib << 20), raw::RawSource::Static)
@@ -50,14 +62,24 @@ async fn main() {
             .await
             .expect("exec");
         null.push(mib as f64 / d.as_secs_f64());
+        let (_, d) = vm.exec(&static_writer, Some(&out)).await.expect("exec");
+        s_file.push(mib as f64 / d.as_secs_f64());
+        let _ = std::fs::remove_file(&out);
+        let (_, d) = vm
+            .exec(&static_writer, Some(std::path::Path::new("/dev/null")))
+            .await
+            .expect("exec");
+        s_null.push(mib as f64 / d.as_secs_f64());
     }
     println!(
-        "{mib} MiB x {runs}: discarded {:.1} MiB/s, to a host file {:.1} MiB/s; raw static {:.1}, raw dd-like {:.1} MiB/s; to /dev/null {:.1}",
+        "{mib} MiB x {runs}: discarded {:.1} MiB/s, to a host file {:.1} MiB/s; raw static {:.1}, raw dd-like {:.1} MiB/s; to /dev/null {:.1}; static writer to a host file {:.1}, to /dev/null {:.1}",
         median(&discard).unwrap(),
         median(&file).unwrap(),
         median(&rs).unwrap(),
         median(&rz).unwrap(),
-        median(&null).unwrap()
+        median(&null).unwrap(),
+        median(&s_file).unwrap(),
+        median(&s_null).unwrap()
     );
     vm.terminate().await.expect("terminate");
 }

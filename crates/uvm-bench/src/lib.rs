@@ -8,6 +8,7 @@
 #![warn(missing_docs)]
 
 pub mod density;
+pub mod hostfs;
 pub mod memory;
 pub mod ours;
 pub mod qemu;

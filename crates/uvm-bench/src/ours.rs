@@ -100,11 +100,21 @@ impl OurVm {
         args: &[&str],
         stdout: Option<&Path>,
     ) -> Result<(i32, Duration), BenchError> {
+        self.exec_io(args, None, stdout).await
+    }
+
+    /// [`OurVm::exec`], with the process's stdin read from `stdin` if given.
+    pub async fn exec_io(
+        &self,
+        args: &[&str],
+        stdin: Option<&Path>,
+        stdout: Option<&Path>,
+    ) -> Result<(i32, Duration), BenchError> {
         let req = ExecRequest {
             args: args.iter().map(|s| s.to_string()).collect(),
             workdir: String::new(),
             terminal: false,
-            stdin: None,
+            stdin: stdin.map(Path::to_path_buf),
             stdout: stdout.map(Path::to_path_buf),
             stderr: None,
         };
@@ -139,20 +149,53 @@ pub async fn exec_true_ms(vm: &OurVm) -> Result<f64, BenchError> {
     Ok(ms(d))
 }
 
+/// Where [`install_writer`] puts the stdout benchmark's writer in the guest.
+pub const GUEST_WRITER: &str = "/tmp/uvm-bench-writer";
+
+/// Copies `writer` (a static host binary: the raw baseline's `rawinit`, whose
+/// `write N` mode writes its static 64 KiB buffer to stdout) to
+/// [`GUEST_WRITER`] through an exec's stdin.
+pub async fn install_writer(vm: &OurVm, writer: &Path) -> Result<(), BenchError> {
+    let script = format!("cat >{GUEST_WRITER} && chmod 755 {GUEST_WRITER}");
+    let (code, _) = vm
+        .exec_io(&["/bin/sh", "-c", &script], Some(writer), None)
+        .await?;
+    if code != 0 {
+        return Err(BenchError::Protocol(format!(
+            "copying the writer into the guest: exit {code}"
+        )));
+    }
+    Ok(())
+}
+
+/// [`GUEST_WRITER`] writing `bytes` from a static buffer to a host file (the
+/// raw baseline's own writer, so only the channel differs); MiB/s of the
+/// whole exec after checking the size. Needs [`install_writer`] first.
+pub async fn stdout_static_mib_s(vm: &OurVm, bytes: usize, dir: &Path) -> Result<f64, BenchError> {
+    let n = bytes.to_string();
+    stdout_run(vm, &[GUEST_WRITER, "write", &n], bytes as u64, dir).await
+}
+
 /// `dd if=/dev/zero bs=64k` (the raw baseline's chunk size) to a host file;
 /// returns MiB/s of the whole exec after checking the size. (busybox `head -c`
 /// is itself limited to ~30 MiB/s under TCG, so it would measure the producer.)
 pub async fn stdout_mib_s(vm: &OurVm, bytes: usize, dir: &Path) -> Result<f64, BenchError> {
-    let out = dir.join("stdout.bin");
     let count = format!("count={}", bytes.div_ceil(64 << 10));
     let args = ["dd", "if=/dev/zero", "bs=65536", &count];
-    let (code, d) = vm.exec(&args, Some(&out)).await?;
+    let want = (bytes.div_ceil(64 << 10) * (64 << 10)) as u64;
+    stdout_run(vm, &args, want, dir).await
+}
+
+/// Runs `args` with stdout to a host file, checks it got `want` bytes; MiB/s.
+async fn stdout_run(vm: &OurVm, args: &[&str], want: u64, dir: &Path) -> Result<f64, BenchError> {
+    let out = dir.join("stdout.bin");
+    let (code, d) = vm.exec(args, Some(&out)).await?;
     let got = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
     let _ = std::fs::remove_file(&out);
-    let want = (bytes.div_ceil(64 << 10) * (64 << 10)) as u64;
     if code != 0 || got != want {
         return Err(BenchError::Protocol(format!(
-            "stdout run: exit {code}, {got} of {want} bytes"
+            "stdout run `{}`: exit {code}, {got} of {want} bytes",
+            args.join(" ")
         )));
     }
     Ok(got as f64 / (1 << 20) as f64 / d.as_secs_f64())

@@ -125,6 +125,24 @@ pub async fn raw_run_from(
     payload: Option<usize>,
     source: RawSource,
 ) -> Result<RawSample, BenchError> {
+    raw_run_into(base, payload, source, None).await
+}
+
+/// [`raw_run_from`], the host writing the payload to the file `sink`
+/// (created or truncated; one `write` per read, as a plain relay would)
+/// instead of discarding it.
+pub async fn raw_run_into(
+    base: &BaselineVm,
+    payload: Option<usize>,
+    source: RawSource,
+    sink: Option<&std::path::Path>,
+) -> Result<RawSample, BenchError> {
+    let mut file = match sink {
+        Some(p) => {
+            Some(std::fs::File::create(p).map_err(|e| BenchError::io("create payload file", e))?)
+        }
+        None => None,
+    };
     let mut b = base.clone();
     if let Some(n) = payload {
         let src = match source {
@@ -161,6 +179,11 @@ pub async fn raw_run_from(
                         return Err(BenchError::Protocol(format!(
                             "raw guest closed after {got} of {n} bytes"
                         )));
+                    }
+                    if let Some(f) = file.as_mut() {
+                        use std::io::Write;
+                        f.write_all(&buf[..k])
+                            .map_err(|e| BenchError::io("write payload file", e))?;
                     }
                     got += k;
                 }

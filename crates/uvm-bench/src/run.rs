@@ -2,7 +2,7 @@
 
 use crate::ours::{self, OurVm};
 use crate::qemu::{self, Accel};
-use crate::raw::{self, BaselineVm, RawSample};
+use crate::raw::{self, BaselineVm, RawSample, RawSource};
 use crate::report::*;
 use crate::stats::{median, ms, ratio, Summary};
 use crate::{memory, qga_image, setup, BenchError, BenchOptions, KernelKind};
@@ -217,26 +217,38 @@ async fn stdout_section(
     dir: &std::path::Path,
 ) -> Result<Throughput, BenchError> {
     let bytes = opts.throughput_mib << 20;
-    let (mut tm, mut tb, mut tz) = (vec![], vec![], vec![]);
+    let writer = img(uvm_image::compile_rawinit(&|m| tracing::info!("{m}")))?;
+    ours::install_writer(vm, &writer).await?;
+    // Both sides write the same payload into a file in the same directory;
+    // the raw one is also run discarding (the channel's ceiling).
+    let sink = dir.join("raw-payload.bin");
+    let (mut tm, mut tb, mut tc, mut td, mut tz) = (vec![], vec![], vec![], vec![], vec![]);
     let raw_mib_s = |s: RawSample| {
         let (n, d) = s.payload.expect("payload requested");
         n as f64 / (1 << 20) as f64 / d.as_secs_f64()
     };
+    let raw = |source, sink| raw::raw_run_into(base, Some(bytes), source, sink);
     for _ in 0..opts.runs {
-        tm.push(ours::stdout_mib_s(vm, bytes, dir).await?);
-        tb.push(raw_mib_s(raw::raw_run(base, Some(bytes)).await?));
-        tz.push(raw_mib_s(
-            raw::raw_run_from(base, Some(bytes), raw::RawSource::Zero).await?,
-        ));
+        tm.push(ours::stdout_static_mib_s(vm, bytes, dir).await?);
+        tb.push(raw_mib_s(raw(RawSource::Static, Some(&sink)).await?));
+        tc.push(raw_mib_s(raw(RawSource::Static, None).await?));
+        td.push(ours::stdout_mib_s(vm, bytes, dir).await?);
+        tz.push(raw_mib_s(raw(RawSource::Zero, Some(&sink)).await?));
+        let _ = std::fs::remove_file(&sink);
     }
-    let (mo, mb, mz) = (median(&tm), median(&tb), median(&tz));
+    let (mo, mb, mc) = (median(&tm), median(&tb), median(&tc));
+    let (md, mz) = (median(&td), median(&tz));
     Ok(Throughput {
         bytes,
+        sink: crate::hostfs::describe(dir),
         mib_s: mo,
         baseline_mib_s: mb,
         ratio: ratio(mo, mb),
+        discard_baseline_mib_s: mc,
+        discard_ratio: ratio(mo, mc),
+        dd_mib_s: md,
         same_producer_baseline_mib_s: mz,
-        same_producer_ratio: ratio(mo, mz),
+        same_producer_ratio: ratio(md, mz),
     })
 }
 
