@@ -24,7 +24,7 @@ fn mount_of<'a>(table: &'a str, path: &Path) -> Option<(&'a str, &'a str)> {
             continue;
         };
         let point = point.replace("\\040", " ");
-        if path.starts_with(&point) && best.map_or(true, |(len, _, _)| point.len() >= len) {
+        if path.starts_with(&point) && best.is_none_or(|(len, _, _)| point.len() >= len) {
             best = Some((point.len(), fstype, device));
         }
     }
