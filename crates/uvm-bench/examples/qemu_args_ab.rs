@@ -2,6 +2,7 @@
 //! flags (`QemuConfig::extra_args`, e.g. `-cpu max`), interleaved: boot,
 //! exec `true` and stdout throughput (dd bs=64k to a host file).
 //! `cargo run --release -p uvm-bench --example qemu_args_ab -- [RUNS] -- EXTRA_ARGS...`
+//! (`AB_BINARY_A` / `AB_BINARY_B`: a QEMU binary or wrapper for each side.)
 
 use std::sync::Arc;
 use uvm_bench::ours::{exec_true_ms, stdout_mib_s, OurVm};
@@ -23,9 +24,14 @@ async fn main() {
         .unwrap_or_default();
     let image = uvm_image::ensure_image(&uvm_bench::KernelKind::Tuned, &|_| {}).expect("image");
     let dir = tempfile::tempdir().unwrap();
+    let binary = |v: &str| std::env::var_os(v).map(std::path::PathBuf::from);
     let configs = [
-        QemuConfig::default(),
         QemuConfig {
+            binary: binary("AB_BINARY_A"),
+            ..QemuConfig::default()
+        },
+        QemuConfig {
+            binary: binary("AB_BINARY_B"),
             extra_args: extra.clone(),
             ..QemuConfig::default()
         },

@@ -125,20 +125,26 @@ async fn boot_section(
     let (mut create, mut start, mut baseline, mut term) = (vec![], vec![], vec![], vec![]);
     let mut connected = vec![];
     for i in 0..opts.runs {
-        // ours, then the baseline, alternating.
-        let vm = OurVm::boot(
-            &format!("bench-boot-{i}"),
-            &ours_img,
-            opts.memory_mb,
-            opts.cpus,
-        )
-        .await?;
-        create.push(ms(vm.create));
-        start.push(ms(vm.start));
-        term.push(ms(vm.terminate().await?));
-        let s: RawSample = raw::raw_run(&base, None).await?;
-        baseline.push(ms(s.first_byte));
-        connected.push(ms(s.connected));
+        // Ours and the baseline in turn, the order swapped every run so
+        // that neither always follows the other's teardown.
+        for ours_turn in [i % 2 == 0, i % 2 != 0] {
+            if ours_turn {
+                let vm = OurVm::boot(
+                    &format!("bench-boot-{i}"),
+                    &ours_img,
+                    opts.memory_mb,
+                    opts.cpus,
+                )
+                .await?;
+                create.push(ms(vm.create));
+                start.push(ms(vm.start));
+                term.push(ms(vm.terminate().await?));
+            } else {
+                let s: RawSample = raw::raw_run(&base, None).await?;
+                baseline.push(ms(s.first_byte));
+                connected.push(ms(s.connected));
+            }
+        }
     }
     if *kind == KernelKind::Tuned || rep.terminate.is_none() {
         rep.terminate = Some(Latency::of(&term));
