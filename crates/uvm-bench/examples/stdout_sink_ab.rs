@@ -38,7 +38,7 @@ async fn main() {
         .expect("writer");
     let n = (mib << 20).to_string();
     let static_writer = [uvm_bench::ours::GUEST_WRITER, "write", &n];
-    let (mut discard, mut file, mut rs, mut rz, mut null) =
+    let (mut discard, mut file, mut rs, mut rz, mut to_null) =
         (vec![], vec![], vec![], vec![], vec![]);
     let (mut s_file, mut s_null) = (vec![], vec![]);
     for _ in 0..runs {
@@ -52,24 +52,12 @@ async fn main() {
                 .await
                 .expect("raw"),
         ));
-        let (_, d) = vm.exec(&dd, None).await.expect("exec");
-        discard.push(mib as f64 / d.as_secs_f64());
-        let (_, d) = vm.exec(&dd, Some(&out)).await.expect("exec");
-        file.push(mib as f64 / d.as_secs_f64());
-        let _ = std::fs::remove_file(&out);
-        let (_, d) = vm
-            .exec(&dd, Some(std::path::Path::new("/dev/null")))
-            .await
-            .expect("exec");
-        null.push(mib as f64 / d.as_secs_f64());
-        let (_, d) = vm.exec(&static_writer, Some(&out)).await.expect("exec");
-        s_file.push(mib as f64 / d.as_secs_f64());
-        let _ = std::fs::remove_file(&out);
-        let (_, d) = vm
-            .exec(&static_writer, Some(std::path::Path::new("/dev/null")))
-            .await
-            .expect("exec");
-        s_null.push(mib as f64 / d.as_secs_f64());
+        let null = std::path::Path::new("/dev/null");
+        discard.push(mib_s(&vm, &dd, None, mib).await);
+        file.push(mib_s(&vm, &dd, Some(&out), mib).await);
+        to_null.push(mib_s(&vm, &dd, Some(null), mib).await);
+        s_file.push(mib_s(&vm, &static_writer, Some(&out), mib).await);
+        s_null.push(mib_s(&vm, &static_writer, Some(null), mib).await);
     }
     println!(
         "{mib} MiB x {runs}: discarded {:.1} MiB/s, to a host file {:.1} MiB/s; raw static {:.1}, raw dd-like {:.1} MiB/s; to /dev/null {:.1}; static writer to a host file {:.1}, to /dev/null {:.1}",
@@ -77,9 +65,19 @@ async fn main() {
         median(&file).unwrap(),
         median(&rs).unwrap(),
         median(&rz).unwrap(),
-        median(&null).unwrap(),
+        median(&to_null).unwrap(),
         median(&s_file).unwrap(),
         median(&s_null).unwrap()
     );
     vm.terminate().await.expect("terminate");
+}
+
+/// One exec of `args` with stdout to `out` (a regular file is removed after);
+/// MiB/s of the whole exec.
+async fn mib_s(vm: &OurVm, args: &[&str], out: Option<&std::path::Path>, mib: usize) -> f64 {
+    let (_, d) = vm.exec(args, out).await.expect("exec");
+    if let Some(p) = out.filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file())) {
+        let _ = std::fs::remove_file(p);
+    }
+    mib as f64 / d.as_secs_f64()
 }
