@@ -65,8 +65,9 @@ async fn main() {
     {
         let (b, e, s) = &res[k];
         println!(
-            "{name:<20} boot {:>6.1} ms | exec true {:>5.2} ms | stdout {:>6.1} MiB/s (medians, {runs} runs)",
+            "{name:<20} boot {:>6.1} ms (p90 {:>6.1}) | exec true {:>5.2} ms | stdout {:>6.1} MiB/s (medians, {runs} runs)",
             median(b).unwrap(),
+            uvm_bench::stats::percentile(b, 90.0).unwrap(),
             median(e).unwrap(),
             median(s).unwrap()
         );
