@@ -109,10 +109,15 @@ pub struct Throughput {
     /// (`rawinit write N`: a static 64 KiB buffer written again and again)
     /// with its stdout to a host file.
     pub mib_s: Option<f64>,
+    /// Ours, MiB/s of the run at the 90th percentile of transfer time (the
+    /// slow tail, as `p90_ms` is for latencies).
+    pub p90_mib_s: Option<f64>,
     /// Raw virtio-serial, median MiB/s: `/init` writes the same static
     /// buffer to the port, the host reads the socket into a file next to
     /// ours (one `write` per read).
     pub baseline_mib_s: Option<f64>,
+    /// The baseline's MiB/s at the 90th percentile of transfer time.
+    pub baseline_p90_mib_s: Option<f64>,
     /// mib_s / baseline_mib_s.
     pub ratio: Option<f64>,
     /// Raw virtio-serial with the host discarding what it reads: the
@@ -332,9 +337,9 @@ impl Report {
             row(
                 &format!("stdout MiB/s ({} MiB)", s.bytes >> 20),
                 s.mib_s,
-                None,
+                s.p90_mib_s,
                 s.baseline_mib_s,
-                None,
+                s.baseline_p90_mib_s,
                 s.ratio,
             );
             row(
