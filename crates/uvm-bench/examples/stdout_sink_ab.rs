@@ -28,10 +28,7 @@ async fn main() {
     let raw_img = uvm_bench::setup::raw_image(&uvm_bench::KernelKind::Tuned).expect("raw image");
     let opts = uvm_bench::BenchOptions::quick();
     let base = uvm_bench::setup::baseline(&raw_img, &raw_img.initrd, &opts, 128);
-    let raw_mib_s = |s: raw::RawSample| {
-        let (n, d) = s.payload.expect("payload");
-        n as f64 / (1 << 20) as f64 / d.as_secs_f64()
-    };
+    let raw_mib_s = |s: raw::RawSample| s.payload_mib_s().expect("payload");
     let writer = uvm_image::compile_rawinit(&|_| {}).expect("rawinit");
     uvm_bench::ours::install_writer(&vm, &writer)
         .await
@@ -43,12 +40,12 @@ async fn main() {
     let (mut s_file, mut s_null) = (vec![], vec![]);
     for _ in 0..runs {
         rs.push(raw_mib_s(
-            raw::raw_run_from(&base, Some(mib << 20), raw::RawSource::Static)
+            raw::raw_run_into(&base, Some(mib << 20), raw::RawSource::Static, None)
                 .await
                 .expect("raw"),
         ));
         rz.push(raw_mib_s(
-            raw::raw_run_from(&base, Some(mib << 20), raw::RawSource::Zero)
+            raw::raw_run_into(&base, Some(mib << 20), raw::RawSource::Zero, None)
                 .await
                 .expect("raw"),
         ));

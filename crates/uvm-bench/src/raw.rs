@@ -37,6 +37,14 @@ pub struct RawSample {
     pub payload: Option<(usize, Duration)>,
 }
 
+impl RawSample {
+    /// The payload's MiB/s, if one was requested.
+    pub fn payload_mib_s(&self) -> Option<f64> {
+        self.payload
+            .map(|(n, d)| n as f64 / (1 << 20) as f64 / d.as_secs_f64())
+    }
+}
+
 /// A baseline VM with its temp dir; QEMU is killed and the dir removed on drop.
 pub struct Running {
     /// The QEMU process (dropped first: fields drop in order).
@@ -116,21 +124,12 @@ pub enum RawSource {
 /// that many bytes (`uvm.raw_bytes=N`) from a static buffer and the host
 /// reads them all.
 pub async fn raw_run(base: &BaselineVm, payload: Option<usize>) -> Result<RawSample, BenchError> {
-    raw_run_from(base, payload, RawSource::Static).await
+    raw_run_into(base, payload, RawSource::Static, None).await
 }
 
-/// [`raw_run`] with the payload produced by `source`.
-pub async fn raw_run_from(
-    base: &BaselineVm,
-    payload: Option<usize>,
-    source: RawSource,
-) -> Result<RawSample, BenchError> {
-    raw_run_into(base, payload, source, None).await
-}
-
-/// [`raw_run_from`], the host writing the payload to the file `sink`
-/// (created or truncated; one `write` per read, as a plain relay would)
-/// instead of discarding it.
+/// [`raw_run`] with the payload produced by `source`; with `sink`, the host
+/// writes the payload to that file (created or truncated; one `write` per
+/// read, as a plain relay would) instead of discarding it.
 pub async fn raw_run_into(
     base: &BaselineVm,
     payload: Option<usize>,

@@ -229,17 +229,16 @@ async fn stdout_section(
     // the raw one is also run discarding (the channel's ceiling).
     let sink = dir.join("raw-payload.bin");
     let (mut tm, mut tb, mut tc, mut td, mut tz) = (vec![], vec![], vec![], vec![], vec![]);
-    let raw_mib_s = |s: RawSample| {
-        let (n, d) = s.payload.expect("payload requested");
-        n as f64 / (1 << 20) as f64 / d.as_secs_f64()
+    let raw = |source, sink| async move {
+        let s = raw::raw_run_into(base, Some(bytes), source, sink).await?;
+        Ok::<f64, BenchError>(s.payload_mib_s().expect("payload requested"))
     };
-    let raw = |source, sink| raw::raw_run_into(base, Some(bytes), source, sink);
     for _ in 0..opts.runs {
         tm.push(ours::stdout_static_mib_s(vm, bytes, dir).await?);
-        tb.push(raw_mib_s(raw(RawSource::Static, Some(&sink)).await?));
-        tc.push(raw_mib_s(raw(RawSource::Static, None).await?));
+        tb.push(raw(RawSource::Static, Some(&sink)).await?);
+        tc.push(raw(RawSource::Static, None).await?);
         td.push(ours::stdout_mib_s(vm, bytes, dir).await?);
-        tz.push(raw_mib_s(raw(RawSource::Zero, Some(&sink)).await?));
+        tz.push(raw(RawSource::Zero, Some(&sink)).await?);
         let _ = std::fs::remove_file(&sink);
     }
     let (mo, mb, mc) = (median(&tm), median(&tb), median(&tc));

@@ -248,13 +248,9 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
-    fn port_pair() -> (StdoutPort, UnixStream) {
-        test_port("p0")
-    }
-
     #[tokio::test]
     async fn relay_stops_at_the_count_and_returns_the_port() {
-        let (port, mut guest) = port_pair();
+        let (port, mut guest) = test_port("p0");
         let pool = Arc::new(PortPool::default());
         let (tx, mut rx) = mpsc::channel(4);
         let (end_tx, end_rx) = oneshot::channel();
@@ -293,7 +289,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_exec_stream_retires_the_port() {
-        let (port, _guest) = port_pair();
+        let (port, _guest) = test_port("p0");
         let pool = Arc::new(PortPool::default());
         let (tx, _rx) = mpsc::channel(4);
         let (end_tx, end_rx) = oneshot::channel::<PortEnd>();
@@ -310,7 +306,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_port_closing_early_is_an_error() {
-        let (port, guest) = port_pair();
+        let (port, guest) = test_port("p0");
         let (tx, _rx) = mpsc::channel(4);
         let (end_tx, end_rx) = oneshot::channel();
         end_tx

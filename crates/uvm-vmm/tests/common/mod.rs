@@ -152,8 +152,6 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, data: &[u8]) {
     }
 }
 
-/// Writes a newc initramfs with busybox and `/init` = `script` (a busybox sh
-/// script), plus the modules a stock kernel needs (loaded before `script`).
 /// The tests' usual VM: `kernel` + `initrd`, 128 MiB, one vCPU, [`cmdline`].
 #[allow(dead_code)] // not every test binary uses every helper
 pub fn small_doc(kernel: &Path, initrd: &Path) -> uvm_schema::ComputeSystem {
@@ -164,6 +162,8 @@ pub fn small_doc(kernel: &Path, initrd: &Path) -> uvm_schema::ComputeSystem {
         .build()
 }
 
+/// Writes a newc initramfs with busybox and `/init` = `script` (a busybox sh
+/// script), plus the modules a stock kernel needs (loaded before `script`).
 pub fn initramfs(dir: &Path, script: &str) -> PathBuf {
     let modules = kernel().map(|k| modules_for(&k)).unwrap_or_default();
     let busybox = std::fs::read("/bin/busybox")
