@@ -12,13 +12,17 @@
 #   UVM_CACHE_DIR       cache root (else $XDG_CACHE_HOME/uvm, else ~/.cache/uvm)
 #   UVM_KERNEL_SOURCE   source tarball (default /usr/src/linux-source-6.1.tar.xz)
 #   UVM_KERNEL_FRAGMENT config fragment (default: uvm.config next to this script)
+#   UVM_KERNEL_PATCHES  directory of *.patch files applied to the source, in name
+#                       order, with `patch -p1` (default: patches/ next to this script)
 #   UVM_KEEP_KERNEL_BUILD=1  keep the object dir after a successful build
 #
 # Output: $CACHE/kernel/<hash>/vmlinux, hash = first 16 hex chars of
-#   sha256(fragment bytes + this script's bytes + "<tarball name>:<size>:<mtime>\n").
+#   sha256(fragment bytes + this script's bytes + each patch's bytes in name
+#   order + "<tarball name>:<size>:<mtime>\n").
 # crates/uvm-image computes the same hash (keep the two in sync).
 #
-# Steps: unpack the source once into $CACHE/kernel/src-<id> (shared by builds),
+# Steps: unpack and patch the source once into $CACHE/kernel/src-<id> (shared
+# by builds with the same source and patches; other src-* trees are removed),
 # `make O=<objdir> tinyconfig`, append the fragment, `make olddefconfig`, check
 # every `=y` line of the fragment survived, `make vmlinux`, strip, install
 # atomically (tmp + rename). A lock serializes concurrent builds.
@@ -31,6 +35,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 self="$here/$(basename "${BASH_SOURCE[0]}")"
 fragment="${UVM_KERNEL_FRAGMENT:-$here/uvm.config}"
 tarball="${UVM_KERNEL_SOURCE:-/usr/src/linux-source-6.1.tar.xz}"
+patch_dir="${UVM_KERNEL_PATCHES:-$here/patches}"
 
 mode=build
 case "${1:-}" in
@@ -45,6 +50,9 @@ elif [[ -n "${XDG_CACHE_HOME:-}" ]]; then cache="$XDG_CACHE_HOME/uvm"
 else cache="$HOME/.cache/uvm"; fi
 
 [[ -f "$fragment" ]] || die "config fragment not found: $fragment"
+[[ -d "$patch_dir" ]] || die "kernel patch directory not found: $patch_dir"
+patches=()
+while IFS= read -r p; do patches+=("$p"); done < <(LC_ALL=C find "$patch_dir" -maxdepth 1 -name '*.patch' -type f | LC_ALL=C sort)
 if [[ ! -f "$tarball" ]]; then
   die "kernel source $tarball not found.
   Fix: apt-get install linux-source-6.1 bc flex bison libelf-dev libssl-dev
@@ -52,7 +60,8 @@ if [[ ! -f "$tarball" ]]; then
 fi
 
 src_id="$(basename "$tarball"):$(stat -c '%s:%Y' "$tarball")"
-hash="$({ cat "$fragment"; cat "$self"; printf '%s\n' "$src_id"; } | sha256sum | cut -c1-16)"
+patch_bytes() { if (( ${#patches[@]} )); then cat "${patches[@]}"; fi; }
+hash="$({ cat "$fragment"; cat "$self"; patch_bytes; printf '%s\n' "$src_id"; } | sha256sum | cut -c1-16)"
 out_dir="$cache/kernel/$hash"
 out="$out_dir/vmlinux"
 
@@ -62,7 +71,7 @@ if [[ "$mode" == print ]]; then
 fi
 if [[ -f "$out" ]]; then echo "$out"; exit 0; fi
 
-for tool in make gcc bc flex bison strip tar; do
+for tool in make gcc bc flex bison strip tar patch; do
   command -v "$tool" >/dev/null || die "missing tool '$tool'.
   Fix: apt-get install build-essential bc flex bison libelf-dev libssl-dev"
 done
@@ -73,13 +82,22 @@ log "waiting for the kernel build lock ($cache/kernel/.lock)"
 flock 9
 if [[ -f "$out" ]]; then echo "$out"; exit 0; fi   # built while we waited
 
-src_hash="$(printf '%s' "$src_id" | sha256sum | cut -c1-16)"
+src_hash="$({ printf '%s' "$src_id"; patch_bytes; } | sha256sum | cut -c1-16)"
 src="$cache/kernel/src-$src_hash"
 if [[ ! -f "$src/Makefile" ]]; then
   log "unpacking $tarball -> $src"
   rm -rf "$src.tmp"; mkdir -p "$src.tmp"
   tar -xf "$tarball" -C "$src.tmp" --strip-components=1
+  for p in "${patches[@]}"; do
+    log "applying $(basename "$p")"
+    patch -d "$src.tmp" -p1 --batch --forward --quiet < "$p" >&2 || die "patch $p does not apply to $tarball"
+  done
   rm -rf "$src"; mv "$src.tmp" "$src"
+  # Trees of other sources or patch sets (1.5 GB each) are not needed again
+  # unless those change back; a build of them unpacks anew.
+  for old in "$cache"/kernel/src-*; do
+    [[ "$old" == "$src" ]] || { log "removing stale source tree $old"; rm -rf "$old"; }
+  done
 fi
 
 obj="$cache/kernel/build-$hash"

@@ -14,6 +14,12 @@ use crate::error::{Error, Result};
 pub const BUILD_SCRIPT: &str = include_str!("../../../guest/kernel/build.sh");
 /// `guest/kernel/uvm.config`, the config fragment of the tuned kernel.
 pub const CONFIG_FRAGMENT: &str = include_str!("../../../guest/kernel/uvm.config");
+/// `guest/kernel/patches/*.patch` in name order (`build.sh` applies them to
+/// the kernel source with `patch -p1`), embedded like the script.
+pub const KERNEL_PATCHES: &[(&str, &str)] = &[(
+    "lapic-bus-hz.patch",
+    include_str!("../../../guest/kernel/patches/lapic-bus-hz.patch"),
+)];
 /// Base command line for the tuned kernel on `-M microvm` (`guest/kernel/cmdline`).
 pub const TUNED_CMDLINE: &str = include_str!("../../../guest/kernel/cmdline");
 /// Base command line for a stock kernel on `-M q35` (measurements: `guest/kernel/NOTES.md`).
@@ -80,10 +86,18 @@ fn source_identity(path: &Path) -> Result<String> {
 }
 
 /// The hash `build.sh` names its output directory with.
-pub(crate) fn tuned_hash(fragment: &str, script: &str, source_id: &str) -> String {
+pub(crate) fn tuned_hash(
+    fragment: &str,
+    script: &str,
+    patches: &[(&str, &str)],
+    source_id: &str,
+) -> String {
     let mut h = Sha256::new();
     h.update(fragment.as_bytes());
     h.update(script.as_bytes());
+    for (_, patch) in patches {
+        h.update(patch.as_bytes());
+    }
     h.update(source_id.as_bytes());
     h.update(b"\n");
     crate::short_hex(&h.finalize())
@@ -93,13 +107,24 @@ pub(crate) fn tuned_hash(fragment: &str, script: &str, source_id: &str) -> Strin
 /// `<cache>/kernel/<hash>/vmlinux`. Errors only if the kernel source is missing.
 pub fn tuned_kernel_location() -> Result<PathBuf> {
     let id = source_identity(&kernel_source())?;
-    let hash = tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, &id);
+    let hash = tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, KERNEL_PATCHES, &id);
     Ok(crate::cache_dir().join("kernel").join(hash).join("vmlinux"))
 }
 
 /// The tuned vmlinux if it has been built already.
 pub fn tuned_kernel_path() -> Option<PathBuf> {
     tuned_kernel_location().ok().filter(|p| p.is_file())
+}
+
+/// Writes [`KERNEL_PATCHES`] into `dir/patches` for `build.sh`.
+fn write_patches(dir: &Path) -> Result<PathBuf> {
+    let patches = dir.join("patches");
+    std::fs::create_dir(&patches).map_err(|e| Error::io("create", &patches, e))?;
+    for (name, text) in KERNEL_PATCHES {
+        let path = patches.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io("write", &path, e))?;
+    }
+    Ok(patches)
 }
 
 /// Builds the tuned kernel if needed (minutes) and returns its path. Each
@@ -119,12 +144,14 @@ pub fn build_tuned_kernel(progress: &dyn Fn(&str)) -> Result<PathBuf> {
     let fragment = dir.path().join("uvm.config");
     std::fs::write(&script, BUILD_SCRIPT).map_err(|e| Error::io("write", &script, e))?;
     std::fs::write(&fragment, CONFIG_FRAGMENT).map_err(|e| Error::io("write", &fragment, e))?;
+    let patches = write_patches(dir.path())?;
     tracing::info!(source = %source.display(), "building the tuned guest kernel (several minutes)");
     let mut child = Command::new("bash")
         .arg(&script)
         .env("UVM_CACHE_DIR", crate::cache_dir())
         .env("UVM_KERNEL_SOURCE", &source)
         .env("UVM_KERNEL_FRAGMENT", &fragment)
+        .env("UVM_KERNEL_PATCHES", &patches)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -243,43 +270,91 @@ pub(crate) fn kernel_format_of(b: &[u8]) -> KernelFormat {
 mod tests {
     use super::*;
 
-    #[test]
-    fn hash_matches_build_script() {
-        // Same bytes as the script: sha256(fragment + script + "id\n"), 16 hex.
+    /// The directory `build.sh --print-path` names, run on the real script
+    /// with a fake source tarball in a temporary cache.
+    fn script_hash(fragment: &str, patches: &[(&str, &str)]) -> String {
         let dir = tempfile::tempdir().unwrap();
-        let (f, s) = (dir.path().join("uvm.config"), dir.path().join("build.sh"));
-        std::fs::write(&f, "CONFIG_X=y\n").unwrap();
-        std::fs::write(&s, "#!/bin/sh\n").unwrap();
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg("{ cat \"$1\"; cat \"$2\"; printf '%s\\n' 'src.tar.xz:1:2'; } | sha256sum | cut -c1-16")
-            .args(["sh", f.to_str().unwrap(), s.to_str().unwrap()])
+        let (frag, script, tar) = (
+            dir.path().join("uvm.config"),
+            dir.path().join("build.sh"),
+            dir.path().join("src.tar.xz"),
+        );
+        std::fs::write(&frag, fragment).unwrap();
+        std::fs::write(&script, BUILD_SCRIPT).unwrap();
+        std::fs::write(&tar, b"not a tarball").unwrap();
+        let pdir = dir.path().join("patches");
+        std::fs::create_dir(&pdir).unwrap();
+        for (name, text) in patches {
+            std::fs::write(pdir.join(name), text).unwrap();
+        }
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("--print-path")
+            .env("UVM_CACHE_DIR", dir.path().join("cache"))
+            .env("UVM_KERNEL_SOURCE", &tar)
+            .env("UVM_KERNEL_FRAGMENT", &frag)
+            .env("UVM_KERNEL_PATCHES", &pdir)
             .output()
             .unwrap();
-        let expect = String::from_utf8(out.stdout).unwrap();
+        // Exit 1: not built, which is expected; the path is printed anyway.
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let path = PathBuf::from(String::from_utf8(out.stdout).unwrap().trim());
+        let id = source_identity(&tar).unwrap();
         assert_eq!(
-            tuned_hash("CONFIG_X=y\n", "#!/bin/sh\n", "src.tar.xz:1:2"),
-            expect.trim()
+            path,
+            dir.path()
+                .join("cache/kernel")
+                .join(tuned_hash(fragment, BUILD_SCRIPT, patches, &id))
+                .join("vmlinux"),
+            "uvm-image and build.sh disagree on the cache key"
         );
+        path.parent()
+            .unwrap()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    #[test]
+    fn hash_matches_build_script() {
+        let none = script_hash("CONFIG_X=y\n", &[]);
+        let ours = script_hash(CONFIG_FRAGMENT, KERNEL_PATCHES);
+        let two = script_hash("CONFIG_X=y\n", &[("a.patch", "A\n"), ("b.patch", "B\n")]);
+        assert_ne!(none, two);
+        assert_ne!(ours, none);
+    }
+
+    #[test]
+    fn every_patch_file_is_embedded_in_name_order() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest/kernel/patches");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".patch"))
+            .collect();
+        files.sort();
+        let embedded: Vec<&str> = KERNEL_PATCHES.iter().map(|(n, _)| *n).collect();
+        assert_eq!(files, embedded);
+        for (name, text) in KERNEL_PATCHES {
+            assert_eq!(std::fs::read_to_string(dir.join(name)).unwrap(), *text);
+        }
     }
 
     #[test]
     fn cache_key_changes_with_inputs() {
-        let base = tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, "a:1:2");
+        let p = KERNEL_PATCHES;
+        let base = tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, p, "a:1:2");
         assert_eq!(base.len(), 16);
+        let more = format!("{CONFIG_FRAGMENT}CONFIG_Y=y\n");
+        assert_ne!(base, tuned_hash(&more, BUILD_SCRIPT, p, "a:1:2"));
+        let script = format!("{BUILD_SCRIPT}#\n");
+        assert_ne!(base, tuned_hash(CONFIG_FRAGMENT, &script, p, "a:1:2"));
         assert_ne!(
             base,
-            tuned_hash(
-                &format!("{CONFIG_FRAGMENT}CONFIG_Y=y\n"),
-                BUILD_SCRIPT,
-                "a:1:2"
-            )
+            tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, &[], "a:1:2")
         );
-        assert_ne!(
-            base,
-            tuned_hash(CONFIG_FRAGMENT, &format!("{BUILD_SCRIPT}#\n"), "a:1:2")
-        );
-        assert_ne!(base, tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, "a:1:3"));
+        assert_ne!(base, tuned_hash(CONFIG_FRAGMENT, BUILD_SCRIPT, p, "a:1:3"));
     }
 
     #[test]

@@ -270,3 +270,38 @@ async fn real_kernel_panic_lands_in_the_console_tail() {
     }
     vm.finish().await;
 }
+
+/// Guest timers fire when due and the guest clock keeps host time. The
+/// tuned kernel is told its local APIC timer's clock (`lapic_bus_hz` on its
+/// command line) instead of calibrating it: a wrong value would make every
+/// sleep overshoot (too slow a timer) and a wrong TSC rate would make the
+/// guest clock run fast.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_guest_sleep_keeps_host_time() {
+    let Some(vm) = VmGuard::boot(128).await else {
+        return;
+    };
+    let started = std::time::Instant::now();
+    let (out, o) = sh(
+        &vm,
+        "read a _ < /proc/uptime; sleep 3; read b _ < /proc/uptime; echo $a $b",
+    )
+    .await;
+    let host = started.elapsed().as_secs_f64();
+    assert_eq!(o, ExitOutcome::Code(0), "{out}");
+    let up: Vec<f64> = out
+        .split_whitespace()
+        .map(|v| v.parse().expect("uptime"))
+        .collect();
+    let guest = up[1] - up[0];
+    // /proc/uptime counts hundredths; 1 s of slack for a loaded host.
+    assert!(
+        (2.98..4.0).contains(&guest),
+        "`sleep 3` took {guest:.2} s on the guest's clock"
+    );
+    assert!(
+        host >= guest - 0.02,
+        "the guest clock ran ahead: {guest:.2} s in the guest, {host:.2} s on the host"
+    );
+    vm.finish().await;
+}
