@@ -268,10 +268,42 @@ async fn main() {
                     ))
                 })
                 .collect();
+            for e in &evs {
+                let msg = e.fields.get("message").map(String::as_str).unwrap_or("");
+                let g = |k: &str| e.fields.get(k).and_then(|v| v.parse::<f64>().ok());
+                if msg.starts_with("QEMU spawned") {
+                    for k in ["spawn_ms", "qmp_connect_ms", "qmp_ready_ms"] {
+                        if let Some(v) = g(k) {
+                            m.entry(k.to_string()).or_default().push(v);
+                        }
+                    }
+                }
+                if msg.starts_with("GCS negotiated") {
+                    for k in ["cont_ms", "connected_ms"] {
+                        if let Some(v) = g(k) {
+                            m.entry(k.to_string()).or_default().push(v);
+                        }
+                    }
+                }
+            }
+            if let Some(n) = evs.iter().find(|e| {
+                e.target == "uvm::lifecycle"
+                    && e.fields
+                        .get("message")
+                        .is_some_and(|x| x.starts_with("GCS negotiated"))
+            }) {
+                let g = |k: &str| n.fields.get(k).and_then(|v| v.parse::<f64>().ok());
+                if let (Some(up), Some(neg)) = (g("guest_uptime_ms"), g("negotiated_ms")) {
+                    m.entry(String::from("up@answer")).or_default().push(up);
+                    m.entry(String::from("cont->Running(host)"))
+                        .or_default()
+                        .push(neg);
+                }
+            }
             let Some((_, t_start, f_start)) =
                 guest.iter().find(|g| g.0.contains("starting as PID 1"))
             else {
-                eprintln!("run {i}: no 'starting' line; events: {evs:?}");
+                // No agent logs (e.g. `floor_agent`): host-side marks only.
                 continue;
             };
             let up_start = field(f_start, "uptime_ms").unwrap_or(f64::NAN);
@@ -331,38 +363,6 @@ async fn main() {
                 m.entry("Δ agent serving->answer".into())
                     .or_default()
                     .push(c - b);
-            }
-            for e in &evs {
-                let msg = e.fields.get("message").map(String::as_str).unwrap_or("");
-                let g = |k: &str| e.fields.get(k).and_then(|v| v.parse::<f64>().ok());
-                if msg.starts_with("QEMU spawned") {
-                    for k in ["spawn_ms", "qmp_connect_ms", "qmp_ready_ms"] {
-                        if let Some(v) = g(k) {
-                            m.entry(k.to_string()).or_default().push(v);
-                        }
-                    }
-                }
-                if msg.starts_with("GCS negotiated") {
-                    for k in ["cont_ms", "connected_ms"] {
-                        if let Some(v) = g(k) {
-                            m.entry(k.to_string()).or_default().push(v);
-                        }
-                    }
-                }
-            }
-            if let Some(n) = evs.iter().find(|e| {
-                e.target == "uvm::lifecycle"
-                    && e.fields
-                        .get("message")
-                        .is_some_and(|x| x.starts_with("GCS negotiated"))
-            }) {
-                let g = |k: &str| n.fields.get(k).and_then(|v| v.parse::<f64>().ok());
-                if let (Some(up), Some(neg)) = (g("guest_uptime_ms"), g("negotiated_ms")) {
-                    m.entry(String::from("up@answer")).or_default().push(up);
-                    m.entry(String::from("cont->Running(host)"))
-                        .or_default()
-                        .push(neg);
-                }
             }
         }
     }

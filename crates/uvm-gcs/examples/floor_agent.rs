@@ -11,8 +11,20 @@ use uvm_gcs::reaper::Reaper;
 use uvm_gcs::service::{Agent, Role};
 
 fn main() {
-    let _ = mount(Some("sysfs"), "/sys", Some("sysfs"), MsFlags::empty(), None::<&str>);
-    let _ = mount(Some("devtmpfs"), "/dev", Some("devtmpfs"), MsFlags::empty(), None::<&str>);
+    let _ = mount(
+        Some("sysfs"),
+        "/sys",
+        Some("sysfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    );
+    let _ = mount(
+        Some("devtmpfs"),
+        "/dev",
+        Some("devtmpfs"),
+        MsFlags::empty(),
+        None::<&str>,
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -234,4 +234,107 @@ mod tests {
         let ended = tokio::time::timeout(Duration::from_secs(5), served).await;
         assert!(matches!(ended, Ok(Ok(_))), "{ended:?}");
     }
+    /// Everything the guest wrote, and how much of it was written before
+    /// [`FLUSHED`] was set.
+    #[derive(Default)]
+    struct Wire {
+        bytes: Vec<u8>,
+        before_flushed: Option<usize>,
+    }
+
+    /// The guest's end of the connection, recording [`Wire`].
+    struct Recorder(
+        tokio::io::DuplexStream,
+        std::sync::Arc<std::sync::Mutex<Wire>>,
+    );
+
+    impl AsyncRead for Recorder {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let r = Pin::new(&mut self.0).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = r {
+                let mut w = self.1.lock().unwrap();
+                if FLUSHED.load(Ordering::Acquire) && w.before_flushed.is_none() {
+                    w.before_flushed = Some(w.bytes.len());
+                }
+                w.bytes.extend_from_slice(&buf[..n]);
+            }
+            r
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    /// Offset just past the frame that ends HTTP/2 stream `id` (END_STREAM).
+    fn end_of_stream(wire: &[u8], id: u32) -> Option<usize> {
+        let mut at = 0;
+        while at + 9 <= wire.len() {
+            let len = u32::from_be_bytes([0, wire[at], wire[at + 1], wire[at + 2]]) as usize;
+            let (kind, flags) = (wire[at + 3], wire[at + 4]);
+            let stream = u32::from_be_bytes(wire[at + 5..at + 9].try_into().unwrap()) & 0x7fff_ffff;
+            at += 9 + len;
+            // DATA (0) or HEADERS (1) with END_STREAM (0x1).
+            if stream == id && kind <= 1 && flags & 1 != 0 {
+                return Some(at);
+            }
+        }
+        None
+    }
+
+    /// The boot-time work gated on [`first_response_flushed`] starts only once
+    /// the whole first answer (headers, message, trailers) is on the wire:
+    /// were the trailers flushed later, that work would hold the host's
+    /// `Negotiate`, and with it `Running`, back.
+    #[tokio::test]
+    async fn first_response_flushed_means_the_whole_answer() {
+        let (host, guest) = tokio::io::duplex(1 << 20);
+        let wire = std::sync::Arc::new(std::sync::Mutex::new(Wire::default()));
+        let agent = Agent::new(Reaper::new(), Role::Process);
+        let io = PrefaceSync::new(Recorder(guest, wire.clone()));
+        // As at boot: the host's preface, settings and `Negotiate` are all
+        // waiting before the agent reads the port.
+        let client = std::sync::Arc::new(uvm_guest::Guest::new("flush-test", None));
+        client.attach(host).await.unwrap();
+        let negotiate = tokio::spawn({
+            let client = client.clone();
+            async move { client.negotiate(&[]).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::spawn(serve_connection(agent, io));
+        negotiate.await.unwrap().unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            first_response_flushed(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+        assert!(
+            FLUSHED.load(Ordering::Acquire),
+            "the answer was never marked flushed"
+        );
+        let w = wire.lock().unwrap();
+        let answer_end = end_of_stream(&w.bytes, 1).expect("stream 1 ended on the wire");
+        let marked_at = w.before_flushed.unwrap_or(w.bytes.len());
+        assert!(
+            answer_end <= marked_at,
+            "first_response_flushed fired after {marked_at} bytes, before the answer's end at {answer_end}"
+        );
+    }
 }
