@@ -341,6 +341,82 @@ mod tests {
         }
     }
 
+    /// Runs `build.sh` on a one-file source tree with `patches`, with a fake
+    /// `make` that fails (exit 3) so the run stops right after patching.
+    /// Returns the script's stderr and the patched file.
+    fn patch_step(patches: &[(&str, &str)]) -> (String, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("tree/linux/lib")).unwrap();
+        std::fs::write(d.join("tree/linux/lib/a.c"), "one\ntwo\nthree\n").unwrap();
+        let tar = d.join("linux.tar.xz");
+        let ok = Command::new("tar")
+            .arg("-C")
+            .arg(d.join("tree"))
+            .arg("-cJf")
+            .arg(&tar)
+            .arg("linux")
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        std::fs::create_dir(d.join("bin")).unwrap();
+        std::fs::write(d.join("bin/make"), "#!/bin/sh\nexit 3\n").unwrap();
+        std::fs::set_permissions(
+            d.join("bin/make"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::create_dir(d.join("patches")).unwrap();
+        for (name, text) in patches {
+            std::fs::write(d.join("patches").join(name), text).unwrap();
+        }
+        std::fs::write(d.join("build.sh"), BUILD_SCRIPT).unwrap();
+        std::fs::write(d.join("uvm.config"), "CONFIG_X=y\n").unwrap();
+        let path = format!(
+            "{}:{}",
+            d.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = Command::new("bash")
+            .arg(d.join("build.sh"))
+            .env("PATH", path)
+            .env("UVM_CACHE_DIR", d.join("cache"))
+            .env("UVM_KERNEL_SOURCE", &tar)
+            .env("UVM_KERNEL_FRAGMENT", d.join("uvm.config"))
+            .env("UVM_KERNEL_PATCHES", d.join("patches"))
+            .output()
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(3),
+            "stopped by the fake make: {out:?}"
+        );
+        let src = std::fs::read_dir(d.join("cache/kernel"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("src-"))
+            .unwrap();
+        let file = std::fs::read_to_string(src.join("lib/a.c")).unwrap();
+        (String::from_utf8_lossy(&out.stderr).into_owned(), file)
+    }
+
+    #[test]
+    fn build_script_applies_patches_and_skips_ones_that_do_not_fit() {
+        let fits = "--- a/lib/a.c\n+++ b/lib/a.c\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n";
+        let (log, file) = patch_step(&[("1-fits.patch", fits)]);
+        assert!(log.contains("applying 1-fits.patch"), "{log}");
+        assert_eq!(file, "one\nTWO\nthree\n");
+        let other = "--- a/lib/a.c\n+++ b/lib/a.c\n@@ -1,3 +1,3 @@\n uno\n-dos\n+DOS\n tres\n";
+        let (log, file) = patch_step(&[("1-fits.patch", fits), ("2-other.patch", other)]);
+        assert!(
+            log.contains(
+                "warning: 2-other.patch does not apply to linux.tar.xz; building without it"
+            ),
+            "{log}"
+        );
+        assert_eq!(file, "one\nTWO\nthree\n", "the fitting patch still applied");
+    }
+
     #[test]
     fn cache_key_changes_with_inputs() {
         let p = KERNEL_PATCHES;
