@@ -11,20 +11,9 @@ use uvm_gcs::reaper::Reaper;
 use uvm_gcs::service::{Agent, Role};
 
 fn main() {
-    let _ = mount(
-        Some("sysfs"),
-        "/sys",
-        Some("sysfs"),
-        MsFlags::empty(),
-        None::<&str>,
-    );
-    let _ = mount(
-        Some("devtmpfs"),
-        "/dev",
-        Some("devtmpfs"),
-        MsFlags::empty(),
-        None::<&str>,
-    );
+    for (fs, dir) in [("sysfs", "/sys"), ("devtmpfs", "/dev")] {
+        let _ = mount(Some(fs), dir, Some(fs), MsFlags::empty(), None::<&str>);
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

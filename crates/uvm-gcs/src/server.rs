@@ -242,21 +242,11 @@ mod tests {
         before_flushed: Option<usize>,
     }
 
-    /// The guest's end of the connection, recording [`Wire`].
+    /// The guest's writing end of the connection, recording [`Wire`].
     struct Recorder(
-        tokio::io::DuplexStream,
+        tokio::io::WriteHalf<tokio::io::DuplexStream>,
         std::sync::Arc<std::sync::Mutex<Wire>>,
     );
-
-    impl AsyncRead for Recorder {
-        fn poll_read(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            buf: &mut ReadBuf<'_>,
-        ) -> Poll<io::Result<()>> {
-            Pin::new(&mut self.0).poll_read(cx, buf)
-        }
-    }
 
     impl AsyncWrite for Recorder {
         fn poll_write(
@@ -307,7 +297,8 @@ mod tests {
         let (host, guest) = tokio::io::duplex(1 << 20);
         let wire = std::sync::Arc::new(std::sync::Mutex::new(Wire::default()));
         let agent = Agent::new(Reaper::new(), Role::Process);
-        let io = PrefaceSync::new(Recorder(guest, wire.clone()));
+        let (reads, writes) = tokio::io::split(guest);
+        let io = PrefaceSync::new(tokio::io::join(reads, Recorder(writes, wire.clone())));
         // As at boot: the host's preface, settings and `Negotiate` are all
         // waiting before the agent reads the port.
         let client = std::sync::Arc::new(uvm_guest::Guest::new("flush-test", None));
