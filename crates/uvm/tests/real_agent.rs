@@ -303,5 +303,12 @@ async fn real_guest_sleep_keeps_host_time() {
         host >= guest - 0.02,
         "the guest clock ran ahead: {guest:.2} s in the guest, {host:.2} s on the host"
     );
+    // The tuned kernel took the word: an unpatched one hands unknown words
+    // to /init's environment and says so in its log.
+    let (env, _) = sh(&vm, "tr '\\0' '\\n' < /proc/1/environ").await;
+    assert!(!env.contains("lapic_bus_hz"), "PID 1 got the word: {env}");
+    let (log, _) = sh(&vm, "dmesg").await;
+    assert!(log.contains("lapic_bus_hz=1000000000"), "{log}");
+    assert!(!log.contains("Unknown kernel command line"), "{log}");
     vm.finish().await;
 }
