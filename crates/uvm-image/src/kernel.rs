@@ -16,10 +16,16 @@ pub const BUILD_SCRIPT: &str = include_str!("../../../guest/kernel/build.sh");
 pub const CONFIG_FRAGMENT: &str = include_str!("../../../guest/kernel/uvm.config");
 /// `guest/kernel/patches/*.patch` in name order (`build.sh` applies them to
 /// the kernel source with `patch -p1`), embedded like the script.
-pub const KERNEL_PATCHES: &[(&str, &str)] = &[(
-    "lapic-bus-hz.patch",
-    include_str!("../../../guest/kernel/patches/lapic-bus-hz.patch"),
-)];
+pub const KERNEL_PATCHES: &[(&str, &str)] = &[
+    (
+        "lapic-bus-hz.patch",
+        include_str!("../../../guest/kernel/patches/lapic-bus-hz.patch"),
+    ),
+    (
+        "tsc-early-khz-cpu.patch",
+        include_str!("../../../guest/kernel/patches/tsc-early-khz-cpu.patch"),
+    ),
+];
 /// Base command line for the tuned kernel on `-M microvm` (`guest/kernel/cmdline`).
 pub const TUNED_CMDLINE: &str = include_str!("../../../guest/kernel/cmdline");
 /// Base command line for a stock kernel on `-M q35` (measurements: `guest/kernel/NOTES.md`).
