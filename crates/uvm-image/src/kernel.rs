@@ -25,6 +25,10 @@ pub const KERNEL_PATCHES: &[(&str, &str)] = &[
         "tsc-early-khz-cpu.patch",
         include_str!("../../../guest/kernel/patches/tsc-early-khz-cpu.patch"),
     ),
+    (
+        "virtio-console-rx-buffers.patch",
+        include_str!("../../../guest/kernel/patches/virtio-console-rx-buffers.patch"),
+    ),
 ];
 /// Base command line for the tuned kernel on `-M microvm` (`guest/kernel/cmdline`).
 pub const TUNED_CMDLINE: &str = include_str!("../../../guest/kernel/cmdline");
