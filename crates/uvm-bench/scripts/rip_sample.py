@@ -15,7 +15,8 @@ this file) so that uvm's own command line is profiled:
     DUR=0.8 crates/uvm-bench/scripts/rip_sample.py VMLINUX
 
 Environment: MON (monitor socket, default /tmp/uvm-rip.sock, the wrapper's),
-DUR (seconds to sample, default 1.0), USYMS (user-space binary for symbols).
+DUR (seconds to sample, default 1.0), USYMS (user-space binary for symbols),
+TOTALS=N (also print the N symbols with the most samples over the run).
 """
 import bisect
 import collections
@@ -99,6 +100,12 @@ def main():
         if top[0][0] == "native_safe_halt" and top[0][1] == sum(buckets[k].values()):
             continue
         print(f"{k * 10:5d} ms  " + ", ".join(f"{n}:{c}" for n, c in top))
+    top = int(os.environ.get("TOTALS", "0"))
+    if top:
+        totals = collections.Counter(name(a) for _, a in samples)
+        print(f"top {top} over the whole run (share of samples):")
+        for n, c in totals.most_common(top):
+            print(f"  {100 * c / len(samples):5.1f} %  {n}")
 
 
 if __name__ == "__main__":

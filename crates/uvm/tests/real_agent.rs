@@ -275,7 +275,7 @@ async fn real_kernel_panic_lands_in_the_console_tail() {
 /// tuned kernel is told its local APIC timer's clock (`lapic_bus_hz` on its
 /// command line) instead of calibrating it: a wrong value would make every
 /// sleep overshoot (too slow a timer) and a wrong TSC rate would make the
-/// guest clock run fast.
+/// guest clock run fast. Also checks that the kernel's patches took.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_guest_sleep_keeps_host_time() {
     let Some(vm) = VmGuard::boot(128).await else {
@@ -310,5 +310,8 @@ async fn real_guest_sleep_keeps_host_time() {
     let (log, _) = sh(&vm, "dmesg").await;
     assert!(log.contains("lapic_bus_hz=1000000000"), "{log}");
     assert!(!log.contains("Unknown kernel command line"), "{log}");
+    // And the virtio-serial receive-buffer limit (`virtio-console-rx-buffers.patch`).
+    let (n, _) = sh(&vm, "cat /sys/module/virtio_console/parameters/rx_buffers").await;
+    assert_eq!(n.trim(), "16");
     vm.finish().await;
 }
