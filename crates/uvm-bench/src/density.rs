@@ -45,6 +45,7 @@ pub async fn step(n: usize, image: &Image, opts: &BenchOptions) -> Density {
         all_running_s: Some(all),
         rss_mib_per_vm: (running > 0).then(|| (qemu + ctrl) / running as f64),
         pss_mib_per_vm: (running > 0).then(|| (pss + ctrl) / running as f64),
+        controller_mib_per_vm: (running > 0).then(|| ctrl / running as f64),
         failures: n - running,
         errors,
     }

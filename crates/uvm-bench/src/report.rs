@@ -194,6 +194,9 @@ pub struct Density {
     pub rss_mib_per_vm: Option<f64>,
     /// QEMU Pss sum / running VMs (shared kernel/initrd page cache divided).
     pub pss_mib_per_vm: Option<f64>,
+    /// Growth of this process's Rss / running VMs: what the controller holds
+    /// per VM (measured over many VMs, above the allocator's noise).
+    pub controller_mib_per_vm: Option<f64>,
     /// VMs that did not reach Running.
     pub failures: usize,
     /// Their errors.
@@ -401,11 +404,13 @@ impl Report {
         for d in &self.density {
             let _ = writeln!(
                 t,
-                "density {:>2} VMs: all Running {} s, Rss {} MiB/VM (Pss {}), {} failures",
+                "density {:>2} VMs: all Running {} s, Rss {} MiB/VM (Pss {}, controller {}), {} failures",
                 d.vms,
                 f(d.all_running_s),
                 f(d.rss_mib_per_vm),
                 f(d.pss_mib_per_vm),
+                d.controller_mib_per_vm
+                    .map_or_else(|| "-".into(), |v| format!("{v:.2}")),
                 d.failures
             );
         }

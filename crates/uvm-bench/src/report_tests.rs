@@ -53,7 +53,13 @@ fn json_has_design_keys() {
     assert!(v["terminate"]["median_ms"].is_number() && v["stats"]["median_ms"].is_number());
     assert_eq!(v["memory"]["tb_size_mb"], 32);
     assert_eq!(v["memory"]["rss_mib"][0]["guest_mb"], 128);
-    for k in ["vms", "all_running_s", "rss_mib_per_vm", "failures"] {
+    for k in [
+        "vms",
+        "all_running_s",
+        "rss_mib_per_vm",
+        "controller_mib_per_vm",
+        "failures",
+    ] {
         assert!(v["density"][0].get(k).is_some(), "density.{k}");
     }
     for k in ["cpus", "accel", "qemu", "kernel"] {
