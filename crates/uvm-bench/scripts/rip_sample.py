@@ -3,7 +3,8 @@
 
 Samples the vCPU's RIP through QEMU's human monitor (`info registers`) in a
 loop and prints, per 10 ms of host time, the most frequent kernel symbols
-(`nm -n VMLINUX`), plus user-space symbols when USYMS names a non-PIE agent
+(the `System.map` beside the tuned vmlinux, or `nm -n` of an unstripped
+vmlinux), plus user-space symbols when USYMS names a non-PIE agent
 build (RUSTFLAGS="-C relocation-model=static"). Under TCG the RIP QEMU
 reports is where the vCPU last left translated code, so treat a sample as
 "this phase of the boot", not as an exact hot spot (guest/kernel/NOTES.md).
@@ -12,7 +13,7 @@ Usage, with a QEMU wrapper that adds the monitor socket (run_qemu.sh next to
 this file) so that uvm's own command line is profiled:
 
     UVM_QEMU=crates/uvm-bench/scripts/run_qemu.sh uvmctl run -- true &
-    DUR=0.8 crates/uvm-bench/scripts/rip_sample.py VMLINUX
+    DUR=0.8 crates/uvm-bench/scripts/rip_sample.py ~/.cache/uvm/kernel/<hash>/System.map
 
 Environment: MON (monitor socket, default /tmp/uvm-rip.sock, the wrapper's),
 DUR (seconds to sample, default 1.0), USYMS (user-space binary for symbols),
@@ -29,7 +30,12 @@ import time
 
 
 def symbols(path, prefix=""):
-    out = subprocess.run(["nm", "-n", "-C", path], capture_output=True, text=True).stdout
+    """Text symbols of `path`: a System.map as is, any other file through nm."""
+    if path.endswith("System.map"):
+        with open(path) as f:
+            out = f.read()
+    else:
+        out = subprocess.run(["nm", "-n", "-C", path], capture_output=True, text=True).stdout
     syms = []
     for line in out.splitlines():
         parts = line.split(None, 2)
