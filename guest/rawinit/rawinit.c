@@ -11,9 +11,8 @@
  * bytes it first waits (at most 30 s) for the host to send a byte or hang up,
  * so that data still queued in QEMU is not lost to the power-off.
  * Run as an ordinary process (`rawinit write N`), it writes N bytes from the
- * same static 64 KiB buffer to its stdout and exits: the benchmark runs that
- * as the workload of its own stdout measurement, so that both sides run the
- * same writer and differ only in the channel.
+ * same static 64 KiB buffer to its stdout and exits: the benchmark's own
+ * stdout measurement runs that as its workload.
  * Works with the tuned kernel (microvm, virtio-mmio) and the stock kernel (q35,
  * virtio-pci) as long as virtio_console is loaded: with a stock kernel, the
  * modules listed in /lib/modules/uvm-load-order are loaded first.

@@ -180,10 +180,10 @@ pub async fn stdout_static_mib_s(vm: &OurVm, bytes: usize, dir: &Path) -> Result
 /// returns MiB/s of the whole exec after checking the size. (busybox `head -c`
 /// is itself limited to ~30 MiB/s under TCG, so it would measure the producer.)
 pub async fn stdout_mib_s(vm: &OurVm, bytes: usize, dir: &Path) -> Result<f64, BenchError> {
-    let count = format!("count={}", bytes.div_ceil(64 << 10));
+    let chunks = bytes.div_ceil(64 << 10);
+    let count = format!("count={chunks}");
     let args = ["dd", "if=/dev/zero", "bs=65536", &count];
-    let want = (bytes.div_ceil(64 << 10) * (64 << 10)) as u64;
-    stdout_run(vm, &args, want, dir).await
+    stdout_run(vm, &args, (chunks * (64 << 10)) as u64, dir).await
 }
 
 /// Runs `args` with stdout to a host file, checks it got `want` bytes; MiB/s.
