@@ -70,14 +70,31 @@ pub enum GuestError {
     /// A host-side precondition of the request does not hold (checked before any I/O).
     #[error("failed precondition: {0}")]
     FailedPrecondition(&'static str),
-    /// Any other gRPC failure of `op` (transport errors included).
-    #[error("{op} failed")]
+    /// The agent answered `op` with an error outside the typed ones above.
+    #[error("{op} failed in the guest agent: {}", if message.is_empty() { code.description() } else { message.as_str() })]
     Rpc {
         /// The RPC.
         op: &'static str,
-        /// The status.
+        /// The gRPC code the agent answered with.
+        code: tonic::Code,
+        /// The agent's message.
+        message: String,
+    },
+    /// The GCS connection broke during `op` and the VM was not seen to exit
+    /// (within the guest's exit grace): the agent or the channel failed.
+    /// The transport's own error is logged at debug level, not shown.
+    #[error("the connection to the guest agent broke during {op}")]
+    ConnectionLost {
+        /// The call.
+        op: &'static str,
+    },
+    /// The VM stopped while the call was in flight: the connection broke
+    /// because the VM is gone, and this is why it stopped.
+    #[error("the VM stopped")]
+    VmExited {
+        /// Why the VM stopped.
         #[source]
-        status: Box<tonic::Status>,
+        reason: uvm_vmm::ExitReason,
     },
     /// The agent broke the protocol (e.g. an exec stream without `started`).
     #[error("protocol violation: {0}")]
@@ -104,10 +121,7 @@ impl GuestError {
             tonic::Code::PermissionDenied if op == "exec" => GuestError::NotExecutable { message },
             tonic::Code::FailedPrecondition => GuestError::DeniedByPolicy { message },
             tonic::Code::InvalidArgument => GuestError::InvalidArgument { message },
-            _ => GuestError::Rpc {
-                op,
-                status: Box::new(status),
-            },
+            code => GuestError::Rpc { op, code, message },
         }
     }
 
@@ -127,7 +141,8 @@ impl GuestError {
                 Code::FailedPrecondition
             }
             GuestError::InvalidArgument { .. } => Code::InvalidArgument,
-            GuestError::Rpc { status, .. } => status.code(),
+            GuestError::Rpc { code, .. } => *code,
+            GuestError::ConnectionLost { .. } | GuestError::VmExited { .. } => Code::Unavailable,
             GuestError::Protocol(_) => Code::Internal,
             GuestError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Code::NotFound

@@ -15,6 +15,7 @@ use crate::config::{
     initial_state, ConfidentialOptions, ConfigOption, SecurityPolicy, ShutdownMode,
 };
 use crate::stdout_port::PortPool;
+use crate::vm_exit::VmExitWatch;
 use crate::GuestError;
 
 /// Default bound of a single control RPC (stats, policy, shutdown...).
@@ -60,6 +61,8 @@ pub struct Guest {
     closed: CancellationToken,
     rpc_timeout: Duration,
     stdout_ports: Arc<PortPool>,
+    vm_exit_tx: tokio::sync::watch::Sender<Option<uvm_vmm::ExitReason>>,
+    vm_exit: VmExitWatch,
 }
 
 impl std::fmt::Debug for Guest {
@@ -76,6 +79,7 @@ impl Guest {
     /// A guest for VM `vm_id` whose GCS connection will arrive on `listener`
     /// (None: attach a stream later with [`Guest::attach`]).
     pub fn new(vm_id: impl Into<String>, listener: Option<UnixListener>) -> Self {
+        let (vm_exit_tx, vm_exit) = VmExitWatch::new(Duration::ZERO);
         Guest {
             vm_id: vm_id.into(),
             listener: tokio::sync::Mutex::new(listener),
@@ -84,7 +88,41 @@ impl Guest {
             closed: CancellationToken::new(),
             rpc_timeout: DEFAULT_RPC_TIMEOUT,
             stdout_ports: Arc::new(PortPool::default()),
+            vm_exit_tx,
+            vm_exit,
         }
+    }
+
+    /// How long a call whose connection broke waits for the VM's exit to be
+    /// noted ([`Guest::note_vm_exit`]) before it reports
+    /// [`GuestError::ConnectionLost`] instead of [`GuestError::VmExited`]
+    /// (default zero: a guest nobody tells about exits does not wait). A
+    /// dying VM resets the GCS socket a moment before its process is reaped.
+    pub fn with_vm_exit_grace(mut self, grace: Duration) -> Self {
+        self.vm_exit = self.vm_exit.with_grace(grace);
+        self
+    }
+
+    /// Tells the guest that its VM exited, and why: every call in flight or
+    /// later that fails because the connection is gone reports
+    /// [`GuestError::VmExited`] with `reason`. Call it before [`Guest::close`].
+    pub fn note_vm_exit(&self, reason: uvm_vmm::ExitReason) {
+        self.vm_exit_tx.send_if_modified(|r| {
+            let first = r.is_none();
+            if first {
+                *r = Some(reason);
+            }
+            first
+        });
+    }
+
+    /// The exit reason noted by [`Guest::note_vm_exit`], if any.
+    pub fn vm_exit_reason(&self) -> Option<uvm_vmm::ExitReason> {
+        self.vm_exit.reason()
+    }
+
+    pub(crate) fn vm_exit_watch(&self) -> &VmExitWatch {
+        &self.vm_exit
     }
 
     /// Stdout ports (port name, listener the hypervisor connects to), accepted
@@ -347,14 +385,24 @@ impl Guest {
         F: FnOnce(GcsClient<Channel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let client = self.client()?;
-        tokio::select! {
+        let client = self.client().map_err(|e| self.explain_closed(e))?;
+        let status = tokio::select! {
             r = tokio::time::timeout(timeout, f(client)) => match r {
-                Ok(Ok(resp)) => Ok(resp.into_inner()),
-                Ok(Err(status)) => Err(GuestError::from_status(op, status)),
-                Err(_) => Err(GuestError::Timeout { op, timeout }),
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => status,
+                Err(_) => return Err(GuestError::Timeout { op, timeout }),
             },
-            _ = self.closed.cancelled() => Err(GuestError::Closed),
+            _ = self.closed.cancelled() => return Err(self.vm_exit.on_close()),
+        };
+        Err(self.vm_exit.explain(op, status).await)
+    }
+
+    /// [`GuestError::Closed`] becomes the VM's exit when that is why the
+    /// connection was closed.
+    pub(crate) fn explain_closed(&self, e: GuestError) -> GuestError {
+        match e {
+            GuestError::Closed => self.vm_exit.on_close(),
+            e => e,
         }
     }
 }

@@ -23,6 +23,7 @@ mod guest;
 mod logs;
 mod process;
 mod stdout_port;
+mod vm_exit;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]

@@ -14,6 +14,7 @@ use tokio_util::sync::{CancellationToken, PollSender};
 use uvm_proto::gcs::{self, exec_input, exec_output, exited};
 
 use crate::stdout_port::{self, PortEnd, PortPool, StdoutPort};
+use crate::vm_exit::VmExitWatch;
 use crate::{Guest, GuestError};
 
 /// Depth of every stdio channel (messages, each up to the agent's chunk size).
@@ -100,15 +101,19 @@ impl Process {
     }
 
     /// Waits for the process to end. Errors if the stream broke before the
-    /// exit status arrived. A second call returns [`GuestError::Protocol`].
+    /// exit status arrived. A second call after it returned gives
+    /// [`GuestError::Protocol`]. Cancel-safe: a `wait` dropped before the
+    /// end leaves the status for the next one.
     pub async fn wait(&mut self) -> Result<ExitOutcome, GuestError> {
         let rx = self
             .exit
-            .take()
+            .as_mut()
             .ok_or(GuestError::Protocol("exit status already taken"))?;
-        rx.await.unwrap_or(Err(GuestError::Protocol(
+        let r = rx.await.unwrap_or(Err(GuestError::Protocol(
             "exec stream ended without exit status",
-        )))
+        )));
+        self.exit = None;
+        r
     }
 
     async fn send(&self, msg: exec_input::Msg) -> Result<(), GuestError> {
@@ -263,7 +268,8 @@ impl Guest {
     /// started (or refused it: [`GuestError::CommandNotFound`],
     /// [`GuestError::NotExecutable`], [`GuestError::DeniedByPolicy`], ...).
     pub async fn spawn(&self, spec: ProcessSpec) -> Result<Process, GuestError> {
-        let mut client = self.client()?;
+        let mut client = self.client().map_err(|e| self.explain_closed(e))?;
+        let vm_exit = self.vm_exit_watch().clone();
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let pool = self.stdout_pool().clone();
         let port = (!spec.terminal && self.capabilities().is_some_and(|c| c.stdout_ports))
@@ -298,14 +304,14 @@ impl Guest {
                     if REFUSALS.contains(&s.code()) {
                         port.give_back();
                     }
-                    return Err(GuestError::from_status("exec", s));
+                    return Err(vm_exit.explain("exec", s).await);
                 }
             };
-            match out
-                .message()
-                .await
-                .map_err(|s| GuestError::from_status("exec", s))?
-            {
+            let first = match out.message().await {
+                Ok(m) => m,
+                Err(s) => return Err(vm_exit.explain("exec", s).await),
+            };
+            match first {
                 Some(gcs::ExecOutput {
                     msg: Some(exec_output::Msg::Started(s)),
                 }) => Ok((s, out)),
@@ -316,7 +322,7 @@ impl Guest {
         };
         let (started, out) = tokio::select! {
             r = started => r?,
-            _ = closed.cancelled() => return Err(GuestError::Closed),
+            _ = closed.cancelled() => return Err(vm_exit.on_close()),
         };
         if !started.stdout_port {
             port.give_back();
@@ -340,7 +346,7 @@ impl Guest {
         };
         let (exit_tx, exit_rx) = oneshot::channel();
         let stdout_on_port = raw.is_some();
-        tokio::spawn(pump(out, out_tx, err_tx, raw, exit_tx, closed));
+        tokio::spawn(pump(out, out_tx, err_tx, raw, exit_tx, closed, vm_exit));
         Ok(Process {
             pid,
             stdin: Some(ProcessStdin {
@@ -407,21 +413,22 @@ async fn pump(
     raw: Option<RawStdout>,
     exit: oneshot::Sender<Result<ExitOutcome, GuestError>>,
     closed: tokio_util::sync::CancellationToken,
+    vm_exit: VmExitWatch,
 ) {
     let merge_stderr = stderr.is_none();
     let mut raw = raw;
     let result = loop {
         let next = tokio::select! {
             m = out.next() => m,
-            _ = closed.cancelled() => break Err(GuestError::Closed),
+            _ = closed.cancelled() => break Err(vm_exit.on_close()),
         };
         let msg = match next {
+            // A stream that ends without a status is the connection going
+            // away as well (the agent always sends `exited` or a status).
             None => {
-                break Err(GuestError::Protocol(
-                    "exec stream ended without exit status",
-                ))
+                break Err(vm_exit.explain("exec", crate::vm_exit::stream_ended()).await);
             }
-            Some(Err(s)) => break Err(GuestError::from_status("exec", s)),
+            Some(Err(s)) => break Err(vm_exit.explain("exec", s).await),
             Some(Ok(gcs::ExecOutput { msg })) => msg,
         };
         match msg {
@@ -442,7 +449,7 @@ async fn pump(
                     let _ = r.end.send(end);
                     match r.relay.await {
                         Ok(Ok(())) => {}
-                        Ok(Err(err)) => break Err(err),
+                        Ok(Err(err)) => break Err(vm_exit.or_vm_exit(err).await),
                         Err(_) => break Err(GuestError::Protocol("stdout relay failed")),
                     }
                 }
@@ -486,6 +493,26 @@ mod tests {
         let (b, _guest_b) = stdout_port::test_port("p1");
         drop(PendingPort(Some(b), pool.clone(), CancellationToken::new()));
         assert_eq!(pool.idle(), 1, "an unanswered request's port is retired");
+    }
+
+    #[tokio::test]
+    async fn a_dropped_wait_leaves_the_status_for_the_next() {
+        let (control, _rx) = mpsc::channel(1);
+        let (exit_tx, exit_rx) = oneshot::channel();
+        let mut p = Process {
+            pid: 1,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            control,
+            exit: Some(exit_rx),
+            stdout_on_port: false,
+        };
+        let early = tokio::time::timeout(std::time::Duration::from_millis(10), p.wait()).await;
+        assert!(early.is_err(), "no status yet");
+        exit_tx.send(Ok(ExitOutcome::Code(3))).unwrap();
+        assert_eq!(p.wait().await.unwrap(), ExitOutcome::Code(3));
+        assert!(matches!(p.wait().await, Err(GuestError::Protocol(_))));
     }
 
     #[tokio::test]

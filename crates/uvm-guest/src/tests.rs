@@ -208,3 +208,92 @@ async fn terminal_with_stderr_fails_before_io() {
     assert!(matches!(e, GuestError::FailedPrecondition(_)));
     assert_eq!(e.code(), tonic::Code::FailedPrecondition);
 }
+
+/// Words of the transport and of tonic's `Status` debug form that must
+/// never reach a person.
+const TRANSPORT_WORDS: [&str; 5] = ["MetadataMap", "h2", "status: ", "details: [", "hyper"];
+
+fn rendered_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
+fn assert_plain(what: &str, e: &GuestError) {
+    let text = rendered_chain(e);
+    for w in TRANSPORT_WORDS {
+        assert!(!text.contains(w), "{what}: {w:?} in {text:?}");
+    }
+}
+
+fn spec(args: &[&str]) -> ProcessSpec {
+    ProcessSpec {
+        args: args.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn no_failing_call_renders_transport_text() {
+    // Bad args, policy denial, timeout: the agent answers.
+    let (g, _f, stop) = connected(FakeGcsConfig {
+        stall: true,
+        dump_stacks: true,
+        ..Default::default()
+    })
+    .await;
+    g.negotiate(&[]).await.unwrap();
+    let missing = g.spawn(spec(&["no-such-command"])).await.unwrap_err();
+    assert_plain("command not found", &missing);
+    let denied = g.spawn(spec(&["noexec"])).await.unwrap_err();
+    assert_plain("not executable", &denied);
+    let timed_out = g.stats(Duration::from_millis(50)).await.unwrap_err();
+    assert!(matches!(timed_out, GuestError::Timeout { .. }), "{timed_out:?}");
+    assert_plain("timeout", &timed_out);
+    g.set_security_policy(&SecurityPolicy::ExecAllowList(vec!["echo".into()]))
+        .await
+        .unwrap();
+    let policy = g.spawn(spec(&["cat"])).await.unwrap_err();
+    assert!(matches!(policy, GuestError::DeniedByPolicy { .. }), "{policy:?}");
+    assert_plain("policy", &policy);
+    // The agent goes away between calls.
+    stop.cancel();
+    drop(g);
+    let (g2, _f2, stop2) = connected(FakeGcsConfig::default()).await;
+    g2.negotiate(&[]).await.unwrap();
+    stop2.cancel();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(e) = tokio::time::timeout(T, g2.stats(T)).await.expect("bounded") {
+        assert_plain("agent gone before stats", &e);
+    }
+}
+
+#[tokio::test]
+async fn a_noted_vm_exit_is_what_broken_calls_report() {
+    let (g, _f, stop) = connected(FakeGcsConfig::default()).await;
+    let g = g.with_vm_exit_grace(Duration::from_secs(5));
+    g.negotiate(&[]).await.unwrap();
+    let mut p = g.spawn(spec(&["sleep"])).await.unwrap();
+    // The controller notes the exit, then closes the connection.
+    g.note_vm_exit(uvm_vmm::ExitReason::GuestPanic {
+        console_tail: "Kernel panic - not syncing: sysrq triggered crash".into(),
+    });
+    g.close();
+    let e = tokio::time::timeout(T, p.wait()).await.expect("bounded").unwrap_err();
+    assert!(
+        matches!(&e, GuestError::VmExited { reason: uvm_vmm::ExitReason::GuestPanic { .. } }),
+        "{e:?}"
+    );
+    assert_eq!(rendered_chain(&e), "the VM stopped: guest kernel panic");
+    // Later calls say the same.
+    let later = g.stats(T).await.unwrap_err();
+    assert!(matches!(later, GuestError::VmExited { .. }), "{later:?}");
+    let spawn = g.spawn(spec(&["echo"])).await.unwrap_err();
+    assert!(matches!(spawn, GuestError::VmExited { .. }), "{spawn:?}");
+    stop.cancel();
+}

@@ -6,25 +6,27 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExitReason {
     /// The guest powered itself off (ACPI S5 / QEMU `guest-shutdown`): a clean exit.
-    #[error("guest powered off")]
+    #[error("the guest powered off")]
     GuestPoweroff,
     /// The guest reset while the VM is configured to stop on reset.
-    #[error("guest reset")]
+    #[error("the guest rebooted (the VM stops on reset)")]
     GuestReset,
-    /// The guest kernel panicked (pvpanic / `GUEST_PANICKED`).
-    #[error("guest panicked; console tail:\n{console_tail}")]
+    /// The guest kernel panicked (pvpanic / `GUEST_PANICKED`). The console
+    /// tail is kept in the variant, not in the message: see
+    /// [`ExitReason::console_tail`].
+    #[error("guest kernel panic")]
     GuestPanic {
         /// Last lines of the guest console, for the error report.
         console_tail: String,
     },
     /// The hypervisor process was killed by a signal nobody asked for.
-    #[error("hypervisor killed by signal {signal}")]
+    #[error("the hypervisor process was killed by signal {signal} ({})", signal_name(*.signal))]
     Signaled {
         /// Signal number.
         signal: i32,
     },
     /// The hypervisor exited with an error status of its own.
-    #[error("hypervisor exited with status {code}: {stderr_tail}")]
+    #[error("the hypervisor exited with status {code}: {}", last_line(.stderr_tail))]
     HypervisorError {
         /// Process exit code.
         code: i32,
@@ -40,7 +42,40 @@ pub enum ExitReason {
     },
 }
 
+/// `SIGKILL` for 9, and so on; `signal N` for numbers Linux does not name.
+pub fn signal_name(signal: i32) -> String {
+    // Linux's standard signals, by number (glibc's sigabbrev_np is too new
+    // to rely on).
+    const NAMES: [&str; 32] = [
+        "", "SIGHUP", "SIGINT", "SIGQUIT", "SIGILL", "SIGTRAP", "SIGABRT", "SIGBUS", "SIGFPE",
+        "SIGKILL", "SIGUSR1", "SIGSEGV", "SIGUSR2", "SIGPIPE", "SIGALRM", "SIGTERM", "SIGSTKFLT",
+        "SIGCHLD", "SIGCONT", "SIGSTOP", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGURG", "SIGXCPU",
+        "SIGXFSZ", "SIGVTALRM", "SIGPROF", "SIGWINCH", "SIGIO", "SIGPWR", "SIGSYS",
+    ];
+    match usize::try_from(signal).ok().and_then(|i| NAMES.get(i)) {
+        Some(name) if !name.is_empty() => (*name).to_owned(),
+        _ => format!("signal {signal}"),
+    }
+}
+
+/// The last non-empty line of `text` (QEMU's stderr ends with the reason).
+fn last_line(text: &str) -> &str {
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("no error output")
+}
+
 impl ExitReason {
+    /// The last lines of the guest console when the guest panicked.
+    pub fn console_tail(&self) -> Option<&str> {
+        match self {
+            ExitReason::GuestPanic { console_tail } => Some(console_tail),
+            _ => None,
+        }
+    }
+
     /// Whether this is a clean exit: the guest powered off, or the host asked for it.
     pub fn is_clean(&self) -> bool {
         matches!(
@@ -153,6 +188,29 @@ mod tests {
             shutdown_reason: reason.map(str::to_string),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn messages_are_sentences_with_details_in_the_variant() {
+        let panic = ExitReason::GuestPanic {
+            console_tail: "Kernel panic - not syncing: sysrq triggered crash".into(),
+        };
+        assert_eq!(panic.to_string(), "guest kernel panic");
+        assert!(panic.console_tail().unwrap().contains("sysrq"));
+        assert_eq!(
+            ExitReason::Signaled { signal: 9 }.to_string(),
+            "the hypervisor process was killed by signal 9 (SIGKILL)"
+        );
+        assert_eq!(signal_name(64), "signal 64");
+        let e = ExitReason::HypervisorError {
+            code: 1,
+            stderr_tail: "warning: x\nqemu: could not load kernel\n\n".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the hypervisor exited with status 1: qemu: could not load kernel"
+        );
+        assert_eq!(ExitReason::GuestPoweroff.to_string(), "the guest powered off");
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub use channel::{ChannelSet, ChannelSpec};
 /// reason), kept apart from the debug logs.
 pub const LIFECYCLE: &str = "uvm_vmm::lifecycle";
 pub use error::VmmError;
-pub use exit::{exit_reason, ExitFacts, ExitReason, VmStatistics};
+pub use exit::{exit_reason, signal_name, ExitFacts, ExitReason, VmStatistics};
 pub use qemu::{Accel, QemuConfig, QemuHypervisor, QemuVm, DEFAULT_TB_SIZE_MB};
 pub use runtime_dir::sweep_stale_runtime_dirs;
 pub use traits::{Hypervisor, UtilityVm};

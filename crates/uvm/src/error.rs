@@ -87,11 +87,13 @@ pub enum Error {
     /// `start_vm` was aborted by `terminate_vm` or by dropping its future.
     #[error("start aborted")]
     StartAborted,
-    /// The VM exited while `start_vm` was at `step`.
-    #[error("VM exited during start ({step})")]
+    /// The VM stopped while a call was in flight: a start step (`start_vm`
+    /// at `during`), or a guest call after Running (exec, dump stacks, stats)
+    /// whose connection broke because the VM went away.
+    #[error("the VM stopped during {during}")]
     VmExited {
-        /// The start step.
-        step: &'static str,
+        /// The start step or the call.
+        during: &'static str,
         /// Why it exited.
         #[source]
         reason: ExitError,
@@ -99,8 +101,24 @@ pub enum Error {
 }
 
 impl Error {
+    /// A guest error of `op`; a call cut short by the VM's end becomes
+    /// [`Error::VmExited`] with its reason.
     pub(crate) fn guest(op: &'static str, source: GuestError) -> Self {
-        Error::Guest { op, source }
+        match source {
+            GuestError::VmExited { reason } => Error::VmExited {
+                during: op,
+                reason: ExitError(reason),
+            },
+            source => Error::Guest { op, source },
+        }
+    }
+
+    /// The VM's exit reason when this error says the VM stopped.
+    pub fn vm_exit_reason(&self) -> Option<&ExitReason> {
+        match self {
+            Error::VmExited { reason, .. } => Some(&reason.0),
+            _ => None,
+        }
     }
 
     pub(crate) fn vmm(op: &'static str, source: VmmError) -> Self {

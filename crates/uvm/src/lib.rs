@@ -18,6 +18,11 @@
 //!   `terminate_vm` then cleans up. Dropping the [`Manager`] terminates its VM.
 //! * If the VM process dies while `start_vm` waits for the guest, `start_vm`
 //!   fails at once with the exit reason ([`Error::VmExited`]), not at the timeout.
+//! * The same holds after Running: an exec, dump stacks or stats call in
+//!   flight when the VM stops returns [`Error::VmExited`] with the typed
+//!   reason (a guest panic, a poweroff, a killed QEMU), never the transport's
+//!   words; [`uvm_guest::Process::wait`] returns
+//!   [`uvm_guest::GuestError::VmExited`] the same way.
 //!
 //! Platform variants are runtime values (`uvm_schema::Platform`): LCOW gets
 //! 512 bytes of entropy and one log connection whose end releases `wait`;
@@ -57,13 +62,14 @@ pub use error::{Error, ExitError};
 pub use manager::Manager;
 pub use options::{
     CreateOptions, ExitStatus, ManagerConfig, StartOptions, DEFAULT_GCS_TIMEOUT,
-    DEFAULT_RPC_TIMEOUT,
+    DEFAULT_RPC_TIMEOUT, VM_EXIT_GRACE,
 };
 pub use state::{transition, Event, InvalidTransition, State, Transition};
 pub use uvm_guest::{
     ConfidentialOptions, ConfigOption, ExecRequest, Guest, InitialState, SecurityPolicy,
 };
 pub use uvm_proto::stats::VirtualMachineStatistics;
+pub use uvm_vmm::ExitReason;
 pub use uvm_schema::Platform;
 
 /// vsock port of the Linux GCS.

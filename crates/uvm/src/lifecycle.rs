@@ -124,6 +124,7 @@ impl Inner {
             .collect();
         let guest = Guest::new(opts.id.clone(), gcs)
             .with_rpc_timeout(self.config.rpc_timeout)
+            .with_vm_exit_grace(crate::VM_EXIT_GRACE)
             .with_stdout_ports(stdout_ports);
         *lock(&self.info) = Some(VmInfo {
             id: opts.id.clone(),
@@ -205,6 +206,10 @@ impl Inner {
     fn spawn_exit_watcher(self: Arc<Self>, vm: Arc<dyn UtilityVm>) {
         tokio::spawn(async move {
             let reason = vm.wait().await;
+            // First, so calls whose connection just broke report this reason.
+            if let Some(g) = self.guest() {
+                g.note_vm_exit(reason.clone());
+            }
             self.vm_gone.cancel();
             {
                 // Terminate (which holds this lock while it runs) owns an exit it

@@ -133,6 +133,23 @@ impl Inner {
         }
     }
 
+    /// `err` of a call made while Running, or [`Error::VmExited`] when it
+    /// failed because the VM went away (its exit seen within
+    /// [`crate::VM_EXIT_GRACE`]).
+    pub(crate) async fn or_vm_exit(&self, during: &'static str, err: Error) -> Error {
+        if matches!(err, Error::VmExited { .. }) || !crate::start::may_be_vm_death(&err) {
+            return err;
+        }
+        let Some(vm) = self.vm() else { return err };
+        match tokio::time::timeout(crate::VM_EXIT_GRACE, vm.wait()).await {
+            Ok(reason) => Error::VmExited {
+                during,
+                reason: crate::ExitError(reason),
+            },
+            Err(_) => err,
+        }
+    }
+
     /// A fresh abort parent once the old one was used (after a terminate that
     /// did not end the VM), so later starts are not born cancelled.
     pub(crate) fn reset_abort(&self) {
@@ -302,18 +319,21 @@ impl Controller for Manager {
 
     async fn exec_into_host(&self, req: ExecRequest) -> Result<i32, Error> {
         let guest = self.inner.require_running("exec_into_host")?;
-        guest
-            .exec_with_paths(&req)
-            .await
-            .map_err(|e| Error::guest("exec", e))
+        match guest.exec_with_paths(&req).await {
+            Ok(code) => Ok(code),
+            Err(e) => Err(self.inner.or_vm_exit("exec", Error::guest("exec", e)).await),
+        }
     }
 
     async fn dump_stacks(&self) -> Result<String, Error> {
         let guest = self.inner.require_running("dump_stacks")?;
-        guest
-            .dump_stacks(self.inner.config.rpc_timeout)
-            .await
-            .map_err(|e| Error::guest("dump stacks", e))
+        match guest.dump_stacks(self.inner.config.rpc_timeout).await {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let e = Error::guest("dump stacks", e);
+                Err(self.inner.or_vm_exit("dump stacks", e).await)
+            }
+        }
     }
 
     async fn wait(&self) -> Result<(), Error> {
@@ -340,8 +360,20 @@ impl Controller for Manager {
             .map(|i| i.assigned_memory_bytes)
             .unwrap_or(0);
         let (host, g) = tokio::join!(vm.statistics(), guest.stats(self.inner.config.rpc_timeout));
-        let host = host.map_err(|e| Error::vmm("VM statistics", e))?;
-        let g = g.map_err(|e| Error::guest("guest stats", e))?;
+        // The guest's error first: it says when the VM stopped under the call.
+        let g = match g {
+            Ok(g) => g,
+            Err(e) => return Err(self.inner.or_vm_exit("stats", Error::guest("stats", e)).await),
+        };
+        let host = match host {
+            Ok(h) => h,
+            Err(e) => {
+                return Err(self
+                    .inner
+                    .or_vm_exit("stats", Error::vmm("VM statistics", e))
+                    .await)
+            }
+        };
         Ok(crate::stats::build(&host, assigned, &g))
     }
 

@@ -53,6 +53,12 @@ pub const DEFAULT_GCS_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default bound of guest RPCs made by the controller (stats, dump stacks, policy).
 pub const DEFAULT_RPC_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a guest call whose connection broke waits for the VM's exit to
+/// be seen before it reports a lost connection instead of
+/// [`crate::Error::VmExited`]: a dying QEMU resets the GCS socket a moment
+/// before its process is reaped. Paid only when the connection breaks.
+pub const VM_EXIT_GRACE: Duration = Duration::from_secs(5);
+
 /// Tunables of a [`crate::Manager`].
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {

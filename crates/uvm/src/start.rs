@@ -29,7 +29,7 @@ async fn race<T>(
     let r = tokio::select! {
         biased;
         _ = abort.cancelled() => return Err(Error::StartAborted),
-        reason = vm.wait() => return Err(Error::VmExited { step, reason: ExitError(reason) }),
+        reason = vm.wait() => return Err(Error::VmExited { during: step, reason: ExitError(reason) }),
         r = fut => r,
     };
     match r {
@@ -37,7 +37,7 @@ async fn race<T>(
             Ok(reason) => {
                 tracing::debug!(target: "uvm::lifecycle", error = %e, "start step failed as the VM exited");
                 Err(Error::VmExited {
-                    step,
+                    during: step,
                     reason: ExitError(reason),
                 })
             }
@@ -49,7 +49,7 @@ async fn race<T>(
 
 /// Whether a failed step may just be the VM dying (a broken connection or
 /// control channel), as opposed to a typed refusal.
-fn may_be_vm_death(e: &Error) -> bool {
+pub(crate) fn may_be_vm_death(e: &Error) -> bool {
     use tonic::Code;
     use uvm_vmm::VmmError;
     match e {
@@ -57,9 +57,11 @@ fn may_be_vm_death(e: &Error) -> bool {
             GuestError::Accept(_)
             | GuestError::Transport(_)
             | GuestError::Closed
-            | GuestError::NotConnected => true,
-            GuestError::Rpc { status, .. } => matches!(
-                status.code(),
+            | GuestError::NotConnected
+            | GuestError::ConnectionLost { .. }
+            | GuestError::VmExited { .. } => true,
+            GuestError::Rpc { code, .. } => matches!(
+                code,
                 Code::Unknown
                     | Code::Unavailable
                     | Code::Cancelled

@@ -93,7 +93,7 @@ async fn vm_exit_during_start_fails_within_a_second() {
         matches!(
             err,
             Error::VmExited {
-                step: "connect to guest",
+                during: "connect to guest",
                 ..
             }
         ),

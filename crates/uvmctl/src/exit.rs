@@ -12,6 +12,27 @@ pub fn signaled(n: i32) -> i32 {
     128 + n
 }
 
+/// The guest console's last lines when `e` says the VM stopped because the
+/// guest kernel panicked (shown after the one-line error).
+pub fn console_tail(e: &anyhow::Error) -> Option<&str> {
+    e.chain().find_map(|c| {
+        let reason = c
+            .downcast_ref::<uvm::ExitReason>()
+            .or_else(|| c.downcast_ref::<uvm::ExitError>().map(|e| e.reason()))
+            .or_else(|| c.downcast_ref::<uvm::Error>().and_then(|e| e.vm_exit_reason()))?;
+        reason.console_tail().map(str::trim_end).filter(|t| !t.is_empty())
+    })
+}
+
+/// Prints `uvmctl: ` and the one-line error to stderr, then the console tail
+/// when the guest panicked.
+pub fn report(e: &anyhow::Error) {
+    eprintln!("uvmctl: {}", describe(e));
+    if let Some(tail) = console_tail(e) {
+        eprintln!("guest console (last lines):\n{tail}");
+    }
+}
+
 /// One line: the error and its chain of causes, each said once.
 pub fn describe(e: &anyhow::Error) -> String {
     let mut out = e.to_string();

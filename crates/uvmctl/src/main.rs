@@ -48,7 +48,7 @@ fn main() {
         match result {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("uvmctl: {}", exit::describe(&e));
+                exit::report(&e);
                 exit::UVMCTL_FAILED
             }
         }

@@ -77,6 +77,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         let t = Instant::now();
         let process = match guest.spawn(spec).await {
             Ok(p) => p,
+            Err(GuestError::VmExited { reason }) => return Err(stopped_under_command(reason)),
             Err(e) => return Ok(RunEnd::Refused(e)),
         };
         let end = attach(process, interactive, tty, args.timeout, &manager).await?;
@@ -222,7 +223,7 @@ async fn attach(
     tokio::pin!(deadline);
     let end = loop {
         tokio::select! {
-            r = process.wait() => break RunEnd::Exited(r.context("waiting for the command")?),
+            r = process.wait() => break command_end(r)?,
             _ = int.recv() => break RunEnd::Interrupted(libc::SIGINT),
             _ = term.recv() => break RunEnd::Interrupted(libc::SIGTERM),
             _ = &mut deadline => break RunEnd::TimedOut(timeout.unwrap_or_default()),
@@ -231,9 +232,18 @@ async fn attach(
                     let _ = process.resize(r as u16, c as u16).await;
                 }
             }
-            r = manager.wait() => {
-                let status = manager.exit_status().ok();
-                bail!("the VM exited while the command ran: {}", describe_exit(r.err(), status));
+            _ = manager.wait() => {
+                // The exec stream says how the command ended once the VM is
+                // gone: its exit code if the agent reported it first, else
+                // the VM's exit reason (bounded by the guest's exit grace).
+                let bound = uvm::VM_EXIT_GRACE + Duration::from_secs(5);
+                match tokio::time::timeout(bound, process.wait()).await {
+                    Ok(r) => break command_end(r)?,
+                    Err(_) => match manager.exit_status().ok().and_then(|s| s.err) {
+                        Some(e) => return Err(stopped_under_command(e.0)),
+                        None => bail!("the VM stopped while the command ran"),
+                    },
+                }
             }
         }
     };
@@ -248,12 +258,19 @@ async fn attach(
     Ok(end)
 }
 
-fn describe_exit(wait_err: Option<uvm::Error>, status: Option<uvm::ExitStatus>) -> String {
-    match (wait_err, status.and_then(|s| s.err)) {
-        (_, Some(e)) => e.to_string(),
-        (Some(e), None) => e.to_string(),
-        (None, None) => "clean exit".to_owned(),
+/// How the command ended, from its exit status or the reason its stream broke.
+fn command_end(r: Result<ExitOutcome, GuestError>) -> anyhow::Result<RunEnd> {
+    match r {
+        Ok(outcome) => Ok(RunEnd::Exited(outcome)),
+        Err(GuestError::VmExited { reason }) => Err(stopped_under_command(reason)),
+        Err(e) => Err(anyhow::Error::new(e).context("waiting for the command")),
     }
+}
+
+/// The error for a VM that stopped under the command (125, with the
+/// console tail printed after it when the guest panicked).
+fn stopped_under_command(reason: uvm::ExitReason) -> anyhow::Error {
+    anyhow::Error::new(reason).context("the VM stopped while the command ran")
 }
 
 async fn copy_then_close<R, W>(mut from: R, mut to: W)
