@@ -53,7 +53,7 @@ fn guest_panic_poweroff_and_killed_qemu_read_as_sentences() {
 fn killed_qemu_names_the_signal() {
     let sb = Sandbox::new();
     for _ in 0..loops() {
-        let mut child = sb
+        let child = sb
             .cmd()
             .args(["run", "--", "sleep", "100"])
             .stdout(std::process::Stdio::null())
