@@ -17,6 +17,22 @@ pub mod stats {
     tonic::include_proto!("uvm.stats.v1");
 }
 
+/// Where runtime mounts may go and how shares reach the guest; both sides
+/// agree on these.
+pub mod mounts {
+    /// Guest directories under which `Mount` targets may lie.
+    pub const ALLOWED_ROOTS: &[&str] = &["/mnt", "/run/uvm/mounts"];
+    /// 9p mount tag of the VM's share export (its runtime dir's `shares/`).
+    pub const SHARES_TAG: &str = "uvm-shares";
+    /// Where the agent mounts the share export in the guest (once, on the
+    /// first share mount); share `n` is `SHARES_GUEST_DIR/n`.
+    pub const SHARES_GUEST_DIR: &str = "/run/uvm/shares";
+    /// File systems the agent mounts from a disk.
+    pub const DISK_FS_TYPES: &[&str] = &[
+        "ext4", "ext3", "ext2", "xfs", "btrfs", "erofs", "squashfs", "vfat",
+    ];
+}
+
 /// Version of the GCS protocol this crate speaks.
 pub const PROTOCOL_VERSION: u32 = gcs::ProtocolVersion::V1 as u32;
 
