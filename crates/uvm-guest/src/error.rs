@@ -3,6 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use prost::Message;
+/// Why the agent refused or failed a mount (`MountFailure.Kind`).
+pub use uvm_proto::gcs::mount_failure::Kind as MountErrorKind;
+
 /// Errors talking to the guest agent (GCS).
 ///
 /// gRPC statuses from the agent are mapped to typed variants following the
@@ -96,6 +100,19 @@ pub enum GuestError {
         #[source]
         reason: uvm_vmm::ExitReason,
     },
+    /// The agent refused or failed a mount, an unmount or a disk removal
+    /// (its `MountFailure`); the message is the agent's sentence.
+    #[error("{message}")]
+    Mount {
+        /// What went wrong.
+        kind: MountErrorKind,
+        /// The errno of the failed call in the guest, 0 where none.
+        errno: i32,
+        /// The guest device involved (`/dev/sdb`), empty where none.
+        device: String,
+        /// The agent's message.
+        message: String,
+    },
     /// The agent broke the protocol (e.g. an exec stream without `started`).
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
@@ -116,6 +133,16 @@ impl GuestError {
     /// Maps a gRPC status of RPC `op` to the typed error (gcs.proto contract).
     pub fn from_status(op: &'static str, status: tonic::Status) -> Self {
         let message = status.message().to_string();
+        if let Ok(f) = uvm_proto::gcs::MountFailure::decode(status.details()) {
+            if f.kind != 0 && !status.details().is_empty() {
+                return GuestError::Mount {
+                    kind: f.kind(),
+                    errno: f.errno,
+                    device: f.device,
+                    message,
+                };
+            }
+        }
         match status.code() {
             tonic::Code::NotFound if op == "exec" => GuestError::CommandNotFound { message },
             tonic::Code::PermissionDenied if op == "exec" => GuestError::NotExecutable { message },
@@ -143,6 +170,17 @@ impl GuestError {
             GuestError::InvalidArgument { .. } => Code::InvalidArgument,
             GuestError::Rpc { code, .. } => *code,
             GuestError::ConnectionLost { .. } | GuestError::VmExited { .. } => Code::Unavailable,
+            GuestError::Mount { kind, .. } => match kind {
+                MountErrorKind::TargetNotAllowed
+                | MountErrorKind::BadFsType
+                | MountErrorKind::BadOptions => Code::InvalidArgument,
+                MountErrorKind::DiskNotFound
+                | MountErrorKind::ShareNotFound
+                | MountErrorKind::NotMounted => Code::NotFound,
+                MountErrorKind::FsNotInKernel => Code::Unimplemented,
+                MountErrorKind::Busy => Code::FailedPrecondition,
+                MountErrorKind::MountFailed | MountErrorKind::Unspecified => Code::Internal,
+            },
             GuestError::Protocol(_) => Code::Internal,
             GuestError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Code::NotFound
@@ -177,6 +215,62 @@ mod tests {
         assert!(matches!(
             GuestError::from_status("stats", Status::not_found("x")),
             GuestError::Rpc { .. }
+        ));
+    }
+
+    #[test]
+    fn a_mount_failure_in_the_details_is_typed() {
+        let f = uvm_proto::gcs::MountFailure {
+            kind: MountErrorKind::MountFailed as i32,
+            errno: 22,
+            device: "/dev/sdb".into(),
+        };
+        let st = Status::with_details(
+            Code::Internal,
+            "mounting /dev/sdb (ext4) at /mnt/x failed: EINVAL",
+            f.encode_to_vec().into(),
+        );
+        match GuestError::from_status("mount", st) {
+            e @ GuestError::Mount { .. } => {
+                assert_eq!(e.code(), Code::Internal);
+                assert_eq!(
+                    e.to_string(),
+                    "mounting /dev/sdb (ext4) at /mnt/x failed: EINVAL"
+                );
+                let GuestError::Mount {
+                    kind,
+                    errno,
+                    device,
+                    ..
+                } = e
+                else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    (kind, errno, device.as_str()),
+                    (MountErrorKind::MountFailed, 22, "/dev/sdb")
+                );
+            }
+            e => panic!("{e:?}"),
+        }
+        let st = Status::with_details(
+            Code::InvalidArgument,
+            "x",
+            uvm_proto::gcs::MountFailure {
+                kind: MountErrorKind::TargetNotAllowed as i32,
+                ..Default::default()
+            }
+            .encode_to_vec()
+            .into(),
+        );
+        assert_eq!(
+            GuestError::from_status("mount", st).code(),
+            Code::InvalidArgument
+        );
+        // No details: the plain mapping.
+        assert!(matches!(
+            GuestError::from_status("mount", Status::invalid_argument("x")),
+            GuestError::InvalidArgument { .. }
         ));
     }
 }

@@ -330,6 +330,50 @@ impl Guest {
         .await
     }
 
+    /// Mounts a disk or a share in the guest (see `MountRequest`), bounded
+    /// by the request's disk wait plus `timeout`.
+    pub async fn mount(
+        &self,
+        req: gcs::MountRequest,
+        timeout: Duration,
+    ) -> Result<gcs::MountResponse, GuestError> {
+        let bound = timeout + Duration::from_millis(u64::from(req.wait_ms));
+        self.call("mount", bound, |mut c| async move { c.mount(req).await })
+            .await
+    }
+
+    /// Unmounts a target mounted with [`Guest::mount`].
+    pub async fn unmount(&self, target: &str, timeout: Duration) -> Result<(), GuestError> {
+        let req = gcs::UnmountRequest {
+            target: target.to_string(),
+        };
+        self.call(
+            "unmount",
+            timeout,
+            |mut c| async move { c.unmount(req).await },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Detaches the SCSI disk at (`controller`, `lun`) in the guest before
+    /// the host unplugs it; returns whether a disk was there.
+    pub async fn remove_scsi_disk(
+        &self,
+        controller: u32,
+        lun: u32,
+        timeout: Duration,
+    ) -> Result<bool, GuestError> {
+        let req = gcs::RemoveScsiDiskRequest {
+            address: Some(gcs::ScsiAddress { controller, lun }),
+        };
+        self.call("remove disk", timeout, |mut c| async move {
+            c.remove_scsi_disk(req).await
+        })
+        .await
+        .map(|r| r.removed)
+    }
+
     /// Asks the guest to sync and power off / reboot. Returns once the agent
     /// acknowledged; the VM exits afterwards.
     pub async fn shutdown(&self, mode: ShutdownMode) -> Result<(), GuestError> {

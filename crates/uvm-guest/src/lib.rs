@@ -23,19 +23,19 @@ mod guest;
 mod logs;
 mod process;
 mod stdout_port;
-mod vm_exit;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 #[cfg(test)]
 mod tests;
+mod vm_exit;
 
 pub use channels::{channel_set, stdout_role, ENTROPY_ROLE, GCS_ROLE, LOG_ROLE};
 pub use config::{
     initial_state, ConfidentialOptions, ConfigOption, InitialState, SecurityPolicy, ShutdownMode,
 };
-pub use error::GuestError;
+pub use error::{GuestError, MountErrorKind};
 pub use exec_paths::{ExecRequest, FIFO_OPEN_TIMEOUT};
 pub use guest::{GcsIo, Guest, Negotiated, DEFAULT_RPC_TIMEOUT};
 pub use logs::{relay_logs, send_entropy, MAX_LOG_LINE};
 pub use process::{ExitOutcome, Process, ProcessOutput, ProcessSpec, ProcessStdin};
-pub use uvm_proto::gcs::{Capabilities, GuestStats};
+pub use uvm_proto::gcs::{Capabilities, GuestStats, MountRequest, MountResponse, ScsiAddress};

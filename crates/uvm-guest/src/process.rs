@@ -426,7 +426,9 @@ async fn pump(
             // A stream that ends without a status is the connection going
             // away as well (the agent always sends `exited` or a status).
             None => {
-                break Err(vm_exit.explain("exec", crate::vm_exit::stream_ended()).await);
+                break Err(vm_exit
+                    .explain("exec", crate::vm_exit::stream_ended())
+                    .await);
             }
             Some(Err(s)) => break Err(vm_exit.explain("exec", s).await),
             Some(Ok(gcs::ExecOutput { msg })) => msg,

@@ -33,6 +33,8 @@ pub struct FakeGcsConfig {
     pub stall: bool,
     /// Guest MemAvailable reported by Stats, bytes.
     pub mem_available_bytes: u64,
+    /// `Mount` of a disk fails with `MountFailure{kind: MOUNT_FAILED, errno: EINVAL}`.
+    pub disk_mount_fails: bool,
 }
 
 /// What the fake saw.
@@ -48,6 +50,12 @@ pub struct FakeGcsRecord {
     pub shutdowns: usize,
     /// Exec calls that started a process.
     pub execs: usize,
+    /// Mount requests, in order.
+    pub mounts: Vec<gcs::MountRequest>,
+    /// Unmounted targets, in order.
+    pub unmounts: Vec<String>,
+    /// Disks detached with `RemoveScsiDisk`, as (controller, lun).
+    pub removed_disks: Vec<(u32, u32)>,
 }
 
 /// The fake GCS. Cheap to clone; clones share the record.
@@ -139,6 +147,7 @@ impl gcs_server::Gcs for FakeGcs {
                 shutdown: true,
                 // The fake has no virtio ports: stdout always travels in gRPC.
                 stdout_ports: false,
+                mounts: true,
             }),
             agent_version: "fake".into(),
             kernel_release: "fake".into(),
@@ -287,5 +296,51 @@ impl gcs_server::Gcs for FakeGcs {
             p.cancel();
         });
         Ok(Response::new(gcs::ShutdownResponse {}))
+    }
+
+    async fn mount(
+        &self,
+        req: Request<gcs::MountRequest>,
+    ) -> Result<Response<gcs::MountResponse>, Status> {
+        let req = req.into_inner();
+        let disk = matches!(req.source, Some(gcs::mount_request::Source::Scsi(_)));
+        lock(&self.record).mounts.push(req);
+        if disk && self.config.disk_mount_fails {
+            use prost::Message;
+            let f = gcs::MountFailure {
+                kind: gcs::mount_failure::Kind::MountFailed as i32,
+                errno: libc::EINVAL,
+                device: "/dev/sda".into(),
+            };
+            return Err(Status::with_details(
+                tonic::Code::Internal,
+                "mounting /dev/sda failed: EINVAL: Invalid argument (injected)",
+                f.encode_to_vec().into(),
+            ));
+        }
+        Ok(Response::new(gcs::MountResponse {
+            device: if disk {
+                "/dev/sda".into()
+            } else {
+                String::new()
+            },
+        }))
+    }
+
+    async fn unmount(
+        &self,
+        req: Request<gcs::UnmountRequest>,
+    ) -> Result<Response<gcs::UnmountResponse>, Status> {
+        lock(&self.record).unmounts.push(req.into_inner().target);
+        Ok(Response::new(gcs::UnmountResponse {}))
+    }
+
+    async fn remove_scsi_disk(
+        &self,
+        req: Request<gcs::RemoveScsiDiskRequest>,
+    ) -> Result<Response<gcs::RemoveScsiDiskResponse>, Status> {
+        let a = req.into_inner().address.unwrap_or_default();
+        lock(&self.record).removed_disks.push((a.controller, a.lun));
+        Ok(Response::new(gcs::RemoveScsiDiskResponse { removed: true }))
     }
 }

@@ -253,13 +253,19 @@ async fn no_failing_call_renders_transport_text() {
     let denied = g.spawn(spec(&["noexec"])).await.unwrap_err();
     assert_plain("not executable", &denied);
     let timed_out = g.stats(Duration::from_millis(50)).await.unwrap_err();
-    assert!(matches!(timed_out, GuestError::Timeout { .. }), "{timed_out:?}");
+    assert!(
+        matches!(timed_out, GuestError::Timeout { .. }),
+        "{timed_out:?}"
+    );
     assert_plain("timeout", &timed_out);
     g.set_security_policy(&SecurityPolicy::ExecAllowList(vec!["echo".into()]))
         .await
         .unwrap();
     let policy = g.spawn(spec(&["cat"])).await.unwrap_err();
-    assert!(matches!(policy, GuestError::DeniedByPolicy { .. }), "{policy:?}");
+    assert!(
+        matches!(policy, GuestError::DeniedByPolicy { .. }),
+        "{policy:?}"
+    );
     assert_plain("policy", &policy);
     // The agent goes away between calls.
     stop.cancel();
@@ -284,9 +290,17 @@ async fn a_noted_vm_exit_is_what_broken_calls_report() {
         console_tail: "Kernel panic - not syncing: sysrq triggered crash".into(),
     });
     g.close();
-    let e = tokio::time::timeout(T, p.wait()).await.expect("bounded").unwrap_err();
+    let e = tokio::time::timeout(T, p.wait())
+        .await
+        .expect("bounded")
+        .unwrap_err();
     assert!(
-        matches!(&e, GuestError::VmExited { reason: uvm_vmm::ExitReason::GuestPanic { .. } }),
+        matches!(
+            &e,
+            GuestError::VmExited {
+                reason: uvm_vmm::ExitReason::GuestPanic { .. }
+            }
+        ),
         "{e:?}"
     );
     assert_eq!(rendered_chain(&e), "the VM stopped: guest kernel panic");

@@ -151,6 +151,9 @@ mod tests {
         let answered = watch
             .explain("stats", tonic::Status::unavailable("busy"))
             .await;
-        assert_eq!(answered.to_string(), "stats failed in the guest agent: busy");
+        assert_eq!(
+            answered.to_string(),
+            "stats failed in the guest agent: busy"
+        );
     }
 }

@@ -42,6 +42,14 @@ pub const OPTIONAL_MODULES: &[&str] = &[
     "pvpanic_pci",
     "9pnet_virtio",
     "9p",
+    // Runtime devices (DESIGN §10): the SCSI controller and its disks, the
+    // balloon, the file systems disks are mounted with.
+    "virtio_scsi",
+    "sd_mod",
+    "virtio_balloon",
+    "ext4",
+    "squashfs",
+    "erofs",
 ];
 
 /// The modules to put into an initramfs for one kernel release.

@@ -74,6 +74,23 @@ pub enum VmmError {
     /// The VM document failed validation (the message names the JSON path).
     #[error(transparent)]
     Document(#[from] uvm_schema::SchemaError),
+    /// A mount on the host (a share's bind mount) failed.
+    #[error("{action} at {path}: {source}")]
+    HostMount {
+        /// What we were doing.
+        action: &'static str,
+        /// The mount point.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The host cannot give the VM a cgroup v2 with the controller asked for.
+    #[error("cannot limit the VM's CPU: {reason}")]
+    CgroupUnavailable {
+        /// Why, as a sentence.
+        reason: String,
+    },
     /// Other I/O while driving the VM.
     #[error("{context}: {source}")]
     Io {

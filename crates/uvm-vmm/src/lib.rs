@@ -42,12 +42,14 @@
 //! ```
 #![warn(missing_docs)]
 
+mod cgroup;
 mod channel;
 mod error;
 mod exit;
 pub mod qemu;
 pub mod qmp;
 pub mod runtime_dir;
+pub mod share_export;
 pub mod stats;
 mod traits;
 mod tsc;
@@ -57,9 +59,10 @@ pub use channel::{ChannelSet, ChannelSpec};
 /// `tracing` target of lifecycle events (VM created, started, exited with its
 /// reason), kept apart from the debug logs.
 pub const LIFECYCLE: &str = "uvm_vmm::lifecycle";
+pub use cgroup::{CpuLimits, CPU_PERIOD_US};
 pub use error::VmmError;
 pub use exit::{exit_reason, signal_name, ExitFacts, ExitReason, VmStatistics};
 pub use qemu::{Accel, QemuConfig, QemuHypervisor, QemuVm, DEFAULT_TB_SIZE_MB};
 pub use runtime_dir::sweep_stale_runtime_dirs;
-pub use traits::{Hypervisor, UtilityVm};
+pub use traits::{DiskAttachment, Hypervisor, ScsiInventory, UtilityVm};
 pub use tsc::{host_tsc_khz, with_tsc_hint};

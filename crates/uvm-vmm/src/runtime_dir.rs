@@ -100,8 +100,14 @@ impl RuntimeDir {
         &self.path
     }
 
-    /// Removes the directory and everything in it, releasing the lock. Idempotent.
+    /// Unmounts whatever is mounted below it (share binds), then removes the
+    /// directory and everything in it, releasing the lock. Idempotent. A mount
+    /// that will not go keeps the directory (deleting through it would delete
+    /// host files) and is the error.
     pub fn remove(&mut self) -> Result<(), VmmError> {
+        if self.path.exists() {
+            crate::share_export::unmount_all_under(&self.path)?;
+        }
         let r = match fs::remove_dir_all(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -160,6 +166,10 @@ pub fn sweep_stale_runtime_dirs(root: &Path) -> Result<Vec<PathBuf>, VmmError> {
     for entry in entries.flatten() {
         let path = entry.path();
         if !entry.file_type().map(|t| t.is_dir()).unwrap_or(false) || !is_stale(&path) {
+            continue;
+        }
+        if let Err(e) = crate::share_export::unmount_all_under(&path) {
+            tracing::warn!(dir = %path.display(), error = %e, "cannot unmount inside a stale runtime dir; keeping it");
             continue;
         }
         match fs::remove_dir_all(&path) {

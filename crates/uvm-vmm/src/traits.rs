@@ -1,6 +1,6 @@
 //! The backend seam: how the controller creates and drives a VM.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -8,7 +8,33 @@ use async_trait::async_trait;
 use tokio::net::UnixListener;
 use uvm_schema::ComputeSystem;
 
-use crate::{ChannelSet, ExitReason, VmStatistics, VmmError};
+use crate::{ChannelSet, CpuLimits, ExitReason, VmStatistics, VmmError};
+
+/// A disk to put on the VM's SCSI controller while it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskAttachment {
+    /// Host image (raw, qcow2, vhd, vhdx: read from its magic bytes).
+    pub path: PathBuf,
+    /// The guest sees a write-protected disk; the image is opened read-only.
+    pub read_only: bool,
+    /// Controller index (the guest's SCSI target).
+    pub controller: u32,
+    /// LUN.
+    pub lun: u32,
+}
+
+/// What the hypervisor holds on its SCSI controller, as it reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ScsiInventory {
+    /// (controller, LUN) of each disk device.
+    pub disks: Vec<(u32, u32)>,
+    /// Node names of the disks' block nodes.
+    pub block_nodes: Vec<String>,
+}
+
+fn unsupported(what: &str) -> VmmError {
+    VmmError::Unsupported(format!("{what} is not supported by this backend"))
+}
 
 /// Creates Utility VMs. The QEMU backend is the default implementation.
 #[async_trait]
@@ -58,4 +84,46 @@ pub trait UtilityVm: Send + Sync {
     fn pid(&self) -> Option<u32>;
     /// The VM's private runtime directory.
     fn runtime_dir(&self) -> &Path;
+
+    /// Puts a disk on the running VM's SCSI controller. Nothing is left
+    /// attached when it fails.
+    async fn hot_add_disk(&self, _disk: &DiskAttachment) -> Result<(), VmmError> {
+        Err(unsupported("adding a disk"))
+    }
+    /// Unplugs the disk at (`controller`, `lun`) and waits, bounded, until
+    /// the hypervisor says the device is gone; then drops its block node.
+    async fn hot_remove_disk(&self, _controller: u32, _lun: u32) -> Result<(), VmmError> {
+        Err(unsupported("removing a disk"))
+    }
+    /// The disks and block nodes the hypervisor holds.
+    async fn scsi_inventory(&self) -> Result<ScsiInventory, VmmError> {
+        Err(unsupported("listing disks"))
+    }
+    /// Bind-mounts `host` into the VM's share export as `name` (read-only
+    /// when asked); the guest sees it under the export.
+    async fn bind_share(
+        &self,
+        _name: &str,
+        _host: &Path,
+        _read_only: bool,
+    ) -> Result<(), VmmError> {
+        Err(unsupported("adding a share"))
+    }
+    /// Undoes [`UtilityVm::bind_share`].
+    async fn unbind_share(&self, _name: &str) -> Result<(), VmmError> {
+        Err(unsupported("removing a share"))
+    }
+    /// Asks the balloon for a guest memory size of `bytes`.
+    async fn set_memory_target(&self, _bytes: u64) -> Result<(), VmmError> {
+        Err(unsupported("changing memory"))
+    }
+    /// The guest memory size the balloon reports now.
+    async fn memory_actual(&self) -> Result<u64, VmmError> {
+        Err(unsupported("reading the balloon"))
+    }
+    /// Limits the vCPU threads (a cgroup v2 of the VM's own, made on first
+    /// use); returns the cgroup holding them.
+    async fn set_cpu_limits(&self, _limits: &CpuLimits) -> Result<PathBuf, VmmError> {
+        Err(unsupported("limiting CPU"))
+    }
 }

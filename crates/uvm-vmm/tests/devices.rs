@@ -1,4 +1,5 @@
-//! Devices from the document, checked from inside a real guest.
+//! Devices from the document, checked from inside a real guest: disks sit
+//! on the virtio-scsi controller at target = controller index, LUN = LUN.
 
 mod common;
 
@@ -67,8 +68,10 @@ async fn devices_disks_share_and_com_port_work_in_the_guest() {
     let com0 = w.path("com0.log");
     let script = format!(
         "{MOUNTS}\n\
-         for d in /sys/block/vd*; do n=$($B basename $d); s=$($B cat $d/serial); \
-           echo \"DISK $s $n ro=$($B cat $d/ro) head=$($B head -c 16 /dev/$n)\"; \
+         i=0; while [ $($B ls -d /sys/bus/scsi/devices/*:0:*:*/block/* 2>/dev/null | $B wc -l) -lt 5 ] && [ $i -lt 500 ]; do $B sleep 0.01; i=$((i+1)); done\n\
+         for d in /sys/bus/scsi/devices/*:0:*:*; do n=$($B ls $d/block); a=$($B basename $d); \
+           s=scsi-$(echo $a | $B cut -d: -f3)-$(echo $a | $B cut -d: -f4); \
+           echo \"DISK $s $n ro=$($B cat /sys/block/$n/ro) head=$($B head -c 16 /dev/$n)\"; \
            if echo WRITTEN-BY-GUEST | $B dd of=/dev/$n bs=512 count=1 conv=sync,fsync 2>/dev/null; then echo \"WRITE $s ok\"; else echo \"WRITE $s failed\"; fi; \
          done\n\
          if $B grep -q 9p /proc/filesystems; then $B mount -t 9p -o trans=virtio,version=9p2000.L data /mnt && echo \"SHARE $($B cat /mnt/hello.txt)\"; else echo SHARE no-9p-in-kernel; fi\n\

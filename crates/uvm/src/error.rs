@@ -98,6 +98,120 @@ pub enum Error {
         #[source]
         reason: ExitError,
     },
+    /// Every LUN of the VM's SCSI controllers is in use; nothing was attached.
+    #[error("every LUN of the VM's {controllers} SCSI controller(s) is in use")]
+    ScsiFull {
+        /// Controllers of the VM.
+        controllers: u32,
+    },
+    /// The image is attached already and one of the two attachments writes.
+    #[error("{} is already attached at {at}{}", path.display(), if *read_only { " read-only" } else { " read-write" })]
+    DiskInUse {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Where it is.
+        at: crate::ScsiAddress,
+        /// How it is attached.
+        read_only: bool,
+    },
+    /// A host path given for a disk or share cannot be used.
+    #[error("{what} {}", path.display())]
+    HostPath {
+        /// Disk image or share.
+        what: &'static str,
+        /// The path as given.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No file system the guest mounts was found in a raw image.
+    #[error("cannot tell the file system of {} (no ext2/3/4, xfs, btrfs, erofs, squashfs or vfat superblock); give its fs type", path.display())]
+    UnknownFileSystem {
+        /// The image.
+        path: std::path::PathBuf,
+    },
+    /// Nothing of that name or address is attached.
+    #[error("no {what} is attached")]
+    NotAttached {
+        /// The disk address, share or mount.
+        what: String,
+    },
+    /// QEMU would not take the disk; nothing is left attached.
+    #[error("attaching {} at {at}", path.display())]
+    DiskAttach {
+        /// The image.
+        path: std::path::PathBuf,
+        /// The LUN it was to get.
+        at: crate::ScsiAddress,
+        /// The backend's error.
+        #[source]
+        source: Box<VmmError>,
+    },
+    /// Unplugging a disk failed; its LUN stays taken.
+    #[error("removing {} at {at}", path.display())]
+    DiskDetach {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Its address.
+        at: crate::ScsiAddress,
+        /// The backend's error.
+        #[source]
+        source: Box<VmmError>,
+    },
+    /// The guest could not mount a disk.
+    #[error("mounting disk {} ({at}) in the guest", path.display())]
+    DiskMount {
+        /// The image.
+        path: std::path::PathBuf,
+        /// Its address.
+        at: crate::ScsiAddress,
+        /// The agent's error.
+        #[source]
+        source: Box<GuestError>,
+    },
+    /// The share's bind mount on the host failed.
+    #[error("sharing {}", path.display())]
+    ShareBind {
+        /// The host path.
+        path: std::path::PathBuf,
+        /// The backend's error.
+        #[source]
+        source: Box<VmmError>,
+    },
+    /// `update_memory` got a size outside what the VM can have.
+    #[error("memory size {} MiB: must be between {} MiB and the VM's {} MiB", bytes >> 20, min >> 20, max >> 20)]
+    InvalidMemory {
+        /// Asked for.
+        bytes: u64,
+        /// Least accepted.
+        min: u64,
+        /// The document's memory.
+        max: u64,
+    },
+}
+
+/// Errors of runtime devices (see [`crate::devices`]).
+impl Error {
+    fn device_code(&self) -> Option<tonic::Code> {
+        use tonic::Code;
+        Some(match self {
+            Error::ScsiFull { .. } => Code::ResourceExhausted,
+            Error::DiskInUse { .. } => Code::AlreadyExists,
+            Error::HostPath { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Code::NotFound
+            }
+            Error::HostPath { .. }
+            | Error::UnknownFileSystem { .. }
+            | Error::InvalidMemory { .. } => Code::InvalidArgument,
+            Error::NotAttached { .. } => Code::NotFound,
+            Error::DiskMount { source, .. } => source.code(),
+            Error::DiskAttach { .. } | Error::DiskDetach { .. } | Error::ShareBind { .. } => {
+                Code::Internal
+            }
+            _ => return None,
+        })
+    }
 }
 
 impl Error {
@@ -128,6 +242,9 @@ impl Error {
     /// The gRPC code for this error (for a shim or API server).
     pub fn grpc_code(&self) -> tonic::Code {
         use tonic::Code;
+        if let Some(c) = self.device_code() {
+            return c;
+        }
         match self {
             Error::InvalidState { .. } | Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::AlreadyCreated { .. } => Code::AlreadyExists,
@@ -145,6 +262,7 @@ impl Error {
             Error::Timeout { .. } => Code::DeadlineExceeded,
             Error::StartAborted => Code::Aborted,
             Error::VmExited { .. } => Code::Unavailable,
+            _ => Code::Internal,
         }
     }
 

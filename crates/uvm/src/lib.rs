@@ -49,6 +49,7 @@
 mod backend;
 mod channels;
 mod controller;
+pub mod devices;
 mod error;
 mod lifecycle;
 mod manager;
@@ -58,6 +59,7 @@ mod state;
 mod stats;
 
 pub use controller::Controller;
+pub use devices::{DiskMount, ScsiAddress, ShareAttachment};
 pub use error::{Error, ExitError};
 pub use manager::Manager;
 pub use options::{
@@ -69,8 +71,9 @@ pub use uvm_guest::{
     ConfidentialOptions, ConfigOption, ExecRequest, Guest, InitialState, SecurityPolicy,
 };
 pub use uvm_proto::stats::VirtualMachineStatistics;
-pub use uvm_vmm::ExitReason;
 pub use uvm_schema::Platform;
+pub use uvm_vmm::ExitReason;
+pub use uvm_vmm::{CpuLimits, ScsiInventory};
 
 /// vsock port of the Linux GCS.
 pub const LINUX_GCS_VSOCK_PORT: u32 = uvm_proto::ports::GCS_VSOCK_PORT;

@@ -132,6 +132,7 @@ impl Inner {
             gcs_port,
             assigned_memory_bytes: doc.memory_mb() << 20,
         });
+        *self.devices.lock().await = Some(crate::devices::Devices::for_document(&doc));
         *lock(&self.listeners) = Listeners { log, entropy };
         *lock(&self.guest) = Some(Arc::new(guest));
         *lock(&self.vm) = Some(vm.clone());

@@ -62,6 +62,8 @@ pub(crate) struct Inner {
     pub logs_active: watch::Sender<usize>,
     /// Cancelled once the VM process is gone (channel tasks stop accepting).
     pub vm_gone: CancellationToken,
+    /// Runtime devices (LUNs, shares, guest mounts); set at create.
+    pub devices: tokio::sync::Mutex<Option<crate::devices::Devices>>,
 }
 
 /// Transitions a slow subscriber may fall behind before it lags.
@@ -225,6 +227,7 @@ impl Manager {
             vm_exited: watch::Sender::new(false),
             logs_active: watch::Sender::new(0),
             vm_gone: CancellationToken::new(),
+            devices: tokio::sync::Mutex::new(None),
         };
         Manager {
             inner: Arc::new(inner),
@@ -239,6 +242,10 @@ impl Manager {
             ..self.inner.config.clone()
         };
         Manager::with_config(self.inner.hypervisor.clone(), config)
+    }
+
+    pub(crate) fn inner(&self) -> &Arc<Inner> {
+        &self.inner
     }
 
     /// The tunables in use.
@@ -363,7 +370,12 @@ impl Controller for Manager {
         // The guest's error first: it says when the VM stopped under the call.
         let g = match g {
             Ok(g) => g,
-            Err(e) => return Err(self.inner.or_vm_exit("stats", Error::guest("stats", e)).await),
+            Err(e) => {
+                return Err(self
+                    .inner
+                    .or_vm_exit("stats", Error::guest("stats", e))
+                    .await)
+            }
         };
         let host = match host {
             Ok(h) => h,

@@ -73,7 +73,9 @@ async fn ends_terminated(vm: VmGuard, expect_clean: bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_guest_panic_during_exec_reports_the_panic() {
     for i in 0..loops() {
-        let Some(vm) = VmGuard::boot(128).await else { return };
+        let Some(vm) = VmGuard::boot(128).await else {
+            return;
+        };
         let guest = vm.mgr.guest().unwrap();
         // Half through the streaming Process, half through exec_into_host.
         let script = "sleep 0.05; echo c > /proc/sysrq-trigger; sleep 30";
@@ -89,7 +91,11 @@ async fn real_guest_panic_during_exec_reports_the_panic() {
                 other => panic!("iteration {i}: {other:?}"),
             }
         } else {
-            let e = vm.mgr.exec_into_host(req(&["sh", "-c", script])).await.unwrap_err();
+            let e = vm
+                .mgr
+                .exec_into_host(req(&["sh", "-c", script]))
+                .await
+                .unwrap_err();
             assert_eq!(e.cli_exit_code(), 125);
             vm_exit_reason(&e)
         };
@@ -106,13 +112,19 @@ async fn real_guest_panic_during_exec_reports_the_panic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_guest_poweroff_during_exec_is_a_clean_stop() {
     for i in 0..loops() {
-        let Some(vm) = VmGuard::boot(128).await else { return };
+        let Some(vm) = VmGuard::boot(128).await else {
+            return;
+        };
         let e = vm
             .mgr
             .exec_into_host(req(&["sh", "-c", "sleep 0.05; poweroff -f"]))
             .await
             .unwrap_err();
-        assert_eq!(vm_exit_reason(&e), ExitReason::GuestPoweroff, "iteration {i}");
+        assert_eq!(
+            vm_exit_reason(&e),
+            ExitReason::GuestPoweroff,
+            "iteration {i}"
+        );
         assert_eq!(
             rendered(&e),
             "the VM stopped during exec: the guest powered off"
@@ -124,7 +136,9 @@ async fn real_guest_poweroff_during_exec_is_a_clean_stop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_qemu_killed_during_exec_names_the_signal() {
     for i in 0..loops() {
-        let Some(vm) = VmGuard::boot(128).await else { return };
+        let Some(vm) = VmGuard::boot(128).await else {
+            return;
+        };
         let guest = vm.mgr.guest().unwrap();
         let mut p = guest.spawn(sh("sleep 100")).await.unwrap();
         // Vary the delay so the stream breaks before and after the reap.
@@ -136,7 +150,12 @@ async fn real_qemu_killed_during_exec_names_the_signal() {
             .unwrap_err();
         assert_plain(&e);
         assert!(
-            matches!(&e, GuestError::VmExited { reason: ExitReason::Signaled { signal: 9 } }),
+            matches!(
+                &e,
+                GuestError::VmExited {
+                    reason: ExitReason::Signaled { signal: 9 }
+                }
+            ),
             "iteration {i}: {e:?}"
         );
         assert!(rendered(&e).contains("killed by signal 9 (SIGKILL)"));
@@ -154,12 +173,19 @@ where
 {
     let mut interrupted = 0;
     for i in 0..loops() {
-        let Some(vm) = VmGuard::boot(128).await else { return };
+        let Some(vm) = VmGuard::boot(128).await else {
+            return;
+        };
         if i % 2 == 0 {
             kill_qemu(&vm, nix::sys::signal::Signal::SIGSTOP);
         }
         let task = tokio::spawn(call(vm.mgr.clone()));
-        tokio::time::sleep(Duration::from_millis(if i % 2 == 0 { 50 } else { i as u64 % 3 })).await;
+        tokio::time::sleep(Duration::from_millis(if i % 2 == 0 {
+            50
+        } else {
+            i as u64 % 3
+        }))
+        .await;
         kill_qemu(&vm, nix::sys::signal::Signal::SIGKILL);
         let r = tokio::time::timeout(Duration::from_secs(60), task)
             .await
@@ -175,7 +201,10 @@ where
         }
         ends_terminated(vm, false).await;
     }
-    assert!(interrupted >= loops() / 2, "{what}: {interrupted} interrupted");
+    assert!(
+        interrupted >= loops() / 2,
+        "{what}: {interrupted} interrupted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -93,6 +93,15 @@ pub struct RunArgs {
     /// VM id (default: uvmctl-<random>).
     #[arg(long)]
     pub id: Option<String>,
+    /// Disk image hot-added once the VM runs and mounted at GUEST_DIR
+    /// (default /mnt/disk<N>); `:ro` attaches and mounts it read-only. Its
+    /// file system is read from its superblock. Repeatable.
+    #[arg(long = "disk", value_name = "PATH[:GUEST_DIR][:ro]", value_parser = crate::devices::parse_disk)]
+    pub disks: Vec<crate::devices::DiskArg>,
+    /// Host directory (or file) shown at GUEST_DIR once the VM runs; `:ro`
+    /// makes it read-only on the host side. Repeatable.
+    #[arg(long = "share", value_name = "HOST:GUEST_DIR[:ro]", value_parser = crate::devices::parse_share)]
+    pub shares: Vec<crate::devices::ShareArg>,
     /// The command and its arguments. With none and a terminal: an interactive shell.
     #[arg(last = true, value_name = "CMD")]
     pub cmd: Vec<String>,

@@ -19,8 +19,14 @@ pub fn console_tail(e: &anyhow::Error) -> Option<&str> {
         let reason = c
             .downcast_ref::<uvm::ExitReason>()
             .or_else(|| c.downcast_ref::<uvm::ExitError>().map(|e| e.reason()))
-            .or_else(|| c.downcast_ref::<uvm::Error>().and_then(|e| e.vm_exit_reason()))?;
-        reason.console_tail().map(str::trim_end).filter(|t| !t.is_empty())
+            .or_else(|| {
+                c.downcast_ref::<uvm::Error>()
+                    .and_then(|e| e.vm_exit_reason())
+            })?;
+        reason
+            .console_tail()
+            .map(str::trim_end)
+            .filter(|t| !t.is_empty())
     })
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod devices;
 mod exit;
 mod image;
 mod logging;

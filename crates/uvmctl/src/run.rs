@@ -62,6 +62,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         let t = Instant::now();
         interruptible(manager.start_vm(StartOptions::default()), "starting the VM").await?;
         timings.start = Some(t.elapsed());
+        crate::devices::attach(&manager, &args.disks, &args.shares).await?;
         let guest = manager.guest().context("the VM has no guest connection")?;
         let spec = ProcessSpec {
             args: cmd.clone(),

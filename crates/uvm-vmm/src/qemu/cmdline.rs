@@ -5,6 +5,9 @@ use std::path::{Path, PathBuf};
 
 use super::accel::Accel;
 
+/// 9p mount tag of the share export (the agent mounts it by this tag).
+pub const SHARES_TAG: &str = "uvm-shares";
+
 /// Machine type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Machine {
@@ -162,42 +165,100 @@ impl ChannelPort {
     }
 }
 
-/// A virtio disk.
+/// Id of the VM's virtio-scsi controller; disks sit on its bus `scsi0.0`.
+pub const SCSI_HBA_ID: &str = "scsi0";
+/// Id of the virtio-balloon device.
+pub const BALLOON_ID: &str = "balloon0";
+/// fsdev id of the VM's share export.
+pub const SHARE_EXPORT_ID: &str = "shares";
+
+/// A disk on the VM's virtio-scsi controller: a `-blockdev` node and a
+/// `scsi-hd` at SCSI target `controller`, LUN `lun`. The same two JSON
+/// objects go to `-blockdev`/`-device` at create and to QMP `blockdev-add` /
+/// `device_add` at runtime, so both paths give the guest the same disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
-    /// Drive id (`disk<n>`).
-    pub id: String,
     /// Host path (absolute).
     pub path: PathBuf,
     /// Image format.
     pub format: DiskFormat,
-    /// `readonly=on`.
+    /// Opened read-only; the guest sees a write-protected disk.
     pub read_only: bool,
-    /// virtio-blk serial the guest sees (`/sys/block/vdX/serial`), ≤ 20 bytes.
-    pub serial: String,
+    /// Controller index (the guest's SCSI target id).
+    pub controller: u32,
+    /// LUN.
+    pub lun: u32,
 }
 
 impl Disk {
+    /// Block node name (`disk-<controller>-<lun>`).
+    pub fn node_name(&self) -> String {
+        disk_node_name(self.controller, self.lun)
+    }
+
+    /// qdev id of the `scsi-hd` (`scsi-<controller>-<lun>`), also its serial.
+    pub fn device_id(&self) -> String {
+        disk_device_id(self.controller, self.lun)
+    }
+
+    /// The `blockdev-add` arguments: the format node over a file node, both
+    /// read-only when the disk is.
+    pub fn blockdev_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "driver": self.format.as_str(),
+            "node-name": self.node_name(),
+            "read-only": self.read_only,
+            "file": {
+                "driver": "file",
+                "filename": self.path.to_string_lossy(),
+                "read-only": self.read_only,
+            },
+        })
+    }
+
+    /// The `device_add` arguments of the `scsi-hd`.
+    pub fn device_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "driver": "scsi-hd",
+            "id": self.device_id(),
+            "bus": format!("{SCSI_HBA_ID}.0"),
+            "channel": 0,
+            "scsi-id": self.controller,
+            "lun": self.lun,
+            "drive": self.node_name(),
+            "serial": self.device_id(),
+        })
+    }
+
     /// argv words.
-    pub fn args(&self, machine: Machine) -> Vec<String> {
+    pub fn args(&self) -> Vec<String> {
+        let dev = self.device_json();
+        let mut device = "scsi-hd".to_string();
+        for k in ["id", "bus", "channel", "scsi-id", "lun", "drive", "serial"] {
+            let v = &dev[k];
+            let v = v
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string());
+            device.push_str(&format!(",{k}={v}"));
+        }
         vec![
-            "-drive".into(),
-            format!(
-                "file={},format={},if=none,id={},readonly={}",
-                esc(&self.path),
-                self.format.as_str(),
-                self.id,
-                if self.read_only { "on" } else { "off" }
-            ),
+            "-blockdev".into(),
+            self.blockdev_json().to_string(),
             "-device".into(),
-            format!(
-                "{},drive={},serial={}",
-                machine.virtio("virtio-blk"),
-                self.id,
-                self.serial
-            ),
+            device,
         ]
     }
+}
+
+/// Block node name of the disk at (`controller`, `lun`).
+pub fn disk_node_name(controller: u32, lun: u32) -> String {
+    format!("disk-{controller}-{lun}")
+}
+
+/// qdev id (and serial) of the disk at (`controller`, `lun`).
+pub fn disk_device_id(controller: u32, lun: u32) -> String {
+    format!("scsi-{controller}-{lun}")
 }
 
 /// A virtio-9p share.
@@ -273,8 +334,15 @@ pub struct QemuCommand {
     /// A virtio console (`hvc0`) whose output is appended to this file: the
     /// console when the kernel is told `console=hvc0`.
     pub virtio_console: Option<PathBuf>,
-    /// Disks.
+    /// The virtio-scsi controller (always there, so disks can be hot-added).
+    pub scsi_hba: bool,
+    /// Disks of the document, on the controller.
     pub disks: Vec<Disk>,
+    /// A virtio-balloon device (runtime memory changes).
+    pub balloon: bool,
+    /// The VM's share export (its runtime dir's `shares/`), as 9p with tag
+    /// `uvm-shares`; runtime shares are bind mounts inside it.
+    pub share_export: Option<PathBuf>,
     /// 9p shares.
     pub shares: Vec<Share>,
     /// Add a pvpanic device.
@@ -386,6 +454,49 @@ impl QemuCommand {
         v
     }
 
+    /// The virtio-scsi controller and the document's disks on it.
+    pub fn scsi_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.scsi_hba || !self.disks.is_empty() {
+            v.extend([
+                "-device".into(),
+                format!("{},id={SCSI_HBA_ID}", self.machine.virtio("virtio-scsi")),
+            ]);
+        }
+        for d in &self.disks {
+            v.extend(d.args());
+        }
+        v
+    }
+
+    /// The balloon and the share export.
+    pub fn runtime_device_args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.balloon {
+            v.extend([
+                "-device".into(),
+                format!("{},id={BALLOON_ID}", self.machine.virtio("virtio-balloon")),
+            ]);
+        }
+        if let Some(dir) = &self.share_export {
+            // multidevs=remap: bind mounts from other file systems inside the
+            // export get inode numbers that cannot collide.
+            v.extend([
+                "-fsdev".into(),
+                format!(
+                    "local,id={SHARE_EXPORT_ID},path={},security_model=none,multidevs=remap",
+                    esc(dir)
+                ),
+                "-device".into(),
+                format!(
+                    "{},fsdev={SHARE_EXPORT_ID},mount_tag={SHARES_TAG}",
+                    self.machine.virtio("virtio-9p")
+                ),
+            ]);
+        }
+        v
+    }
+
     /// `-device pvpanic` (ISA; both machines have an ISA bus).
     pub fn pvpanic_args(&self) -> Vec<String> {
         if self.pvpanic {
@@ -414,12 +525,11 @@ impl QemuCommand {
             v.extend(s.args());
         }
         v.extend(self.channel_args());
-        for d in &self.disks {
-            v.extend(d.args(self.machine));
-        }
+        v.extend(self.scsi_args());
         for s in &self.shares {
             v.extend(s.args(self.machine));
         }
+        v.extend(self.runtime_device_args());
         v.extend(self.pvpanic_args());
         v.extend(self.sandbox_args());
         v.extend(self.extra.iter().cloned());

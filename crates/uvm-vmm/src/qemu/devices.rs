@@ -64,25 +64,30 @@ pub(crate) fn kernel(doc: &ComputeSystem) -> Result<(PathBuf, KernelFormat), Vmm
     Ok((k, fmt))
 }
 
-/// Virtio disks from the Scsi attachments, in document order.
+/// The disk format of an image, read from its magic bytes.
+pub(crate) fn image_format(path: &Path) -> Result<DiskFormat, VmmError> {
+    let (head, tail) = head_tail("disk", path, 512)?;
+    Ok(detect_disk_format(&head, &tail))
+}
+
+/// The Scsi attachments as disks on the controller, in document order:
+/// target = the controller's position among the document's controllers.
 pub(crate) fn disks(doc: &ComputeSystem) -> Result<Vec<Disk>, VmmError> {
     doc.scsi_disks()
         .into_iter()
-        .enumerate()
-        .map(|(i, d)| {
+        .map(|d| {
             let path = absolute("disk", &d.path)?;
             let format = if d.kind == "VirtualDisk" {
-                let (head, tail) = head_tail("disk", &path, 512)?;
-                detect_disk_format(&head, &tail)
+                image_format(&path)?
             } else {
                 DiskFormat::Raw
             };
             Ok(Disk {
-                id: format!("disk{i}"),
                 path,
                 format,
                 read_only: d.read_only,
-                serial: format!("scsi-{}-{}", d.controller_index, d.lun),
+                controller: d.controller_index,
+                lun: d.lun,
             })
         })
         .collect()

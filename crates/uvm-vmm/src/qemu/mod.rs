@@ -10,6 +10,7 @@ mod accel;
 mod binary;
 mod cmdline;
 mod devices;
+mod hotplug;
 mod process;
 mod vm;
 
@@ -25,9 +26,11 @@ use uvm_schema::ComputeSystem;
 pub use accel::{choose_accel, cpu_has_virt, detect_accel, Accel};
 pub use binary::{find_qemu, parse_version, probe_binary, BinaryProbe, MIN_VERSION, QEMU_BINARY};
 pub use cmdline::{
-    detect_disk_format, detect_kernel_format, ChannelPort, Disk, DiskFormat, KernelFormat, Machine,
-    QemuCommand, SerialBackend, SerialPort, Share, SANDBOX,
+    detect_disk_format, detect_kernel_format, disk_device_id, disk_node_name, ChannelPort, Disk,
+    DiskFormat, KernelFormat, Machine, QemuCommand, SerialBackend, SerialPort, Share, BALLOON_ID,
+    SANDBOX, SCSI_HBA_ID, SHARES_TAG, SHARE_EXPORT_ID,
 };
+pub use hotplug::DEVICE_REMOVE_TIMEOUT;
 pub use process::{Tail, CONSOLE_TAIL_BYTES, STDERR_TAIL_BYTES};
 pub use vm::{QemuVm, KILL_REAP_TIMEOUT, QMP_COMMAND_TIMEOUT};
 
@@ -232,6 +235,7 @@ impl QemuHypervisor {
     ) -> Result<QemuVm, VmmError> {
         let dir = guard.dir.as_ref().expect("dir set").path().to_path_buf();
         let console_log = dir.join("console.log");
+        let share_export = crate::share_export::create(&dir)?;
         // The console device follows the kernel's `console=`: a virtio
         // console (no UART to probe, output in batches) for `hvc0`, else a
         // UART as ttyS0. Either way its output lands in console.log.
@@ -273,7 +277,10 @@ impl QemuHypervisor {
             channels: ports,
             serials,
             virtio_console: hvc.then(|| console_log.clone()),
+            scsi_hba: true,
             disks,
+            balloon: true,
+            share_export: Some(share_export.clone()),
             shares,
             pvpanic: true,
             sandbox: probe.sandbox.then(|| SANDBOX.to_string()),
@@ -355,6 +362,7 @@ impl QemuHypervisor {
             terminate_grace: self.config.terminate_grace,
             assigned_memory_bytes: doc.memory_mb() * 1024 * 1024,
             argv,
+            cgroup: tokio::sync::Mutex::new(None),
         })
     }
 }

@@ -34,6 +34,7 @@ pub struct QemuVm {
     pub(crate) terminate_grace: Duration,
     pub(crate) assigned_memory_bytes: u64,
     pub(crate) argv: Vec<String>,
+    pub(crate) cgroup: tokio::sync::Mutex<Option<crate::cgroup::VmCgroup>>,
 }
 
 impl std::fmt::Debug for QemuVm {
@@ -180,6 +181,7 @@ impl UtilityVm for QemuVm {
             return Ok(());
         }
         self.terminate().await?;
+        self.remove_cgroup().await;
         self.channels.lock().unwrap().clear();
         self.dir.lock().unwrap().remove()?;
         *closed = true;
@@ -224,7 +226,11 @@ impl UtilityVm for QemuVm {
         Ok(VmStatistics {
             vcpu_runtime,
             working_set_bytes,
-            assigned_memory_bytes: self.assigned_memory_bytes,
+            // What the balloon has left the guest (the boot size until it moves).
+            assigned_memory_bytes: self
+                .balloon_actual()
+                .await
+                .unwrap_or(self.assigned_memory_bytes),
             virtual_node_count: 1,
         })
     }
@@ -235,6 +241,38 @@ impl UtilityVm for QemuVm {
 
     fn runtime_dir(&self) -> &Path {
         &self.dir_path
+    }
+
+    async fn hot_add_disk(&self, disk: &crate::DiskAttachment) -> Result<(), VmmError> {
+        self.add_disk(disk).await
+    }
+
+    async fn hot_remove_disk(&self, controller: u32, lun: u32) -> Result<(), VmmError> {
+        self.remove_disk(controller, lun).await
+    }
+
+    async fn scsi_inventory(&self) -> Result<crate::ScsiInventory, VmmError> {
+        self.inventory().await
+    }
+
+    async fn bind_share(&self, name: &str, host: &Path, read_only: bool) -> Result<(), VmmError> {
+        self.bind(name, host, read_only).await
+    }
+
+    async fn unbind_share(&self, name: &str) -> Result<(), VmmError> {
+        self.unbind(name).await
+    }
+
+    async fn set_memory_target(&self, bytes: u64) -> Result<(), VmmError> {
+        self.balloon(bytes).await
+    }
+
+    async fn memory_actual(&self) -> Result<u64, VmmError> {
+        self.balloon_actual().await
+    }
+
+    async fn set_cpu_limits(&self, limits: &crate::CpuLimits) -> Result<PathBuf, VmmError> {
+        self.cpu_limits(limits).await
     }
 }
 

@@ -63,6 +63,9 @@ const STOCK_MODULES: &[&str] = &[
     "9pnet_virtio",
     "9p",
     "pvpanic-mmio",
+    "virtio_scsi",
+    "sd_mod",
+    "virtio_balloon",
 ];
 
 /// The `.ko` files (dependencies first) to load when `kernel` is the stock kernel.

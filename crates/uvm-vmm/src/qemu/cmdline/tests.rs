@@ -20,7 +20,10 @@ pub(crate) fn sample() -> QemuCommand {
         channels: vec![],
         serials: vec![],
         virtio_console: None,
+        scsi_hba: false,
         disks: vec![],
+        balloon: false,
+        share_export: None,
         shares: vec![],
         pvpanic: true,
         sandbox: None,
@@ -251,34 +254,71 @@ fn virtio_console_comes_first_on_the_bus() {
 }
 
 #[test]
-fn disk_read_only_and_writable() {
+fn disk_is_a_blockdev_and_a_scsi_hd_at_its_address() {
     let d = Disk {
-        id: "disk0".into(),
-        path: "/d/a.qcow2".into(),
+        path: "/d/a,b.qcow2".into(),
         format: DiskFormat::Qcow2,
         read_only: true,
-        serial: "scsi-0-1".into(),
+        controller: 1,
+        lun: 5,
     };
+    let a = d.args();
+    assert_eq!(a[0], "-blockdev");
+    let node: serde_json::Value = serde_json::from_str(&a[1]).unwrap();
     assert_eq!(
-        d.args(Machine::Microvm),
-        s(&[
-            "-drive",
-            "file=/d/a.qcow2,format=qcow2,if=none,id=disk0,readonly=on",
-            "-device",
-            "virtio-blk-device,drive=disk0,serial=scsi-0-1"
-        ])
+        node,
+        serde_json::json!({"driver": "qcow2", "node-name": "disk-1-5", "read-only": true,
+            "file": {"driver": "file", "filename": "/d/a,b.qcow2", "read-only": true}})
     );
-    let d = Disk {
+    assert_eq!(
+        &a[2..],
+        &s(&[
+            "-device",
+            "scsi-hd,id=scsi-1-5,bus=scsi0.0,channel=0,scsi-id=1,lun=5,drive=disk-1-5,serial=scsi-1-5"
+        ])[..]
+    );
+    // The runtime path sends the same objects over QMP.
+    assert_eq!(d.blockdev_json(), node);
+    assert_eq!(d.device_json()["lun"], 5);
+    let rw = Disk {
         read_only: false,
         format: DiskFormat::Raw,
         ..d
     };
-    let a = d.args(Machine::Q35);
+    assert_eq!(rw.blockdev_json()["read-only"], false);
+    assert_eq!(rw.blockdev_json()["file"]["read-only"], false);
+    assert_eq!(rw.blockdev_json()["driver"], "raw");
+}
+
+#[test]
+fn scsi_controller_balloon_and_share_export_per_machine() {
+    let mut c = sample();
+    assert!(c.scsi_args().is_empty() && c.runtime_device_args().is_empty());
+    c.scsi_hba = true;
+    c.balloon = true;
+    c.share_export = Some("/run/uvm/vm1/shares".into());
     assert_eq!(
-        a[1],
-        "file=/d/a.qcow2,format=raw,if=none,id=disk0,readonly=off"
+        c.scsi_args(),
+        s(&["-device", "virtio-scsi-device,id=scsi0"])
     );
-    assert_eq!(a[3], "virtio-blk-pci,drive=disk0,serial=scsi-0-1");
+    assert_eq!(
+        c.runtime_device_args(),
+        s(&[
+            "-device",
+            "virtio-balloon-device,id=balloon0",
+            "-fsdev",
+            "local,id=shares,path=/run/uvm/vm1/shares,security_model=none,multidevs=remap",
+            "-device",
+            "virtio-9p-device,fsdev=shares,mount_tag=uvm-shares",
+        ])
+    );
+    c.machine = Machine::Q35;
+    assert_eq!(c.scsi_args(), s(&["-device", "virtio-scsi-pci,id=scsi0"]));
+    assert_eq!(c.runtime_device_args()[1], "virtio-balloon-pci,id=balloon0");
+    assert_eq!(
+        c.runtime_device_args()[5],
+        "virtio-9p-pci,fsdev=shares,mount_tag=uvm-shares"
+    );
 }
 
 #[test]
