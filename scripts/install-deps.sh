@@ -15,6 +15,8 @@ want make
 want bc; want flex; want bison; want libelf-dev; want libssl-dev   # kernel build
 want qemu-guest-agent     # benchmark peer
 want qemu-utils           # qemu-img: disk images in tests
+want e2fsprogs            # mkfs.ext4, debugfs: disk images for the runtime device tests
+want squashfs-tools; want erofs-utils   # read-only images (mksquashfs, mkfs.erofs) for the device tests
 # Kernel source for the tuned guest kernel, and a stock kernel image.
 if [ -r /etc/debian_version ] && grep -q '^12' /etc/debian_version; then
   want linux-source-6.1

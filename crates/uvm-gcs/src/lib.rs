@@ -13,6 +13,7 @@ pub mod exec;
 pub mod fdio;
 pub mod init;
 pub mod logging;
+pub mod mounts;
 pub mod policy;
 pub mod ports;
 pub mod reaper;

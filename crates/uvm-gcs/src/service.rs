@@ -7,13 +7,15 @@ use tonic::{Request, Response, Status, Streaming};
 use uvm_proto::gcs::gcs_server::{Gcs, GcsServer};
 use uvm_proto::gcs::{
     shutdown_request, Capabilities, DumpStacksRequest, DumpStacksResponse, ExecInput, GuestStats,
-    HvSocketAddress, NegotiateRequest, NegotiateResponse, SecurityPolicy,
-    SetSecurityPolicyResponse, ShutdownRequest, ShutdownResponse, StatsRequest,
+    HvSocketAddress, MountRequest, MountResponse, NegotiateRequest, NegotiateResponse,
+    RemoveScsiDiskRequest, RemoveScsiDiskResponse, SecurityPolicy, SetSecurityPolicyResponse,
+    ShutdownRequest, ShutdownResponse, StatsRequest, UnmountRequest, UnmountResponse,
     UpdateHvSocketAddressResponse,
 };
 use uvm_proto::PROTOCOL_VERSION;
 
 use crate::exec::{exec_handler, ExecStream};
+use crate::mounts::{Failure, Mounts};
 use crate::policy::Policy;
 use crate::reaper::Reaper;
 use crate::spawn::ProcessDefaults;
@@ -45,6 +47,8 @@ pub struct Shared {
     pub role: Role,
     /// Stdout ports the host may hand to processes.
     pub stdout_ports: Arc<StdoutPorts>,
+    /// Disks and shares mounted for the host.
+    pub mounts: Arc<Mounts>,
 }
 
 /// The GCS service; cheap to clone.
@@ -68,6 +72,7 @@ impl Agent {
                 mount_debugfs: role == Role::Init,
                 ..PortPaths::default()
             }),
+            mounts: Arc::new(Mounts::default()),
         };
         Self {
             shared: Arc::new(shared),
@@ -77,6 +82,20 @@ impl Agent {
     /// The tonic service wrapping this agent.
     pub fn into_server(self) -> GcsServer<Agent> {
         GcsServer::new(self).max_decoding_message_size(8 << 20)
+    }
+}
+
+/// Runs a blocking mount operation off the runtime.
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, Failure> + Send + 'static,
+) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(|f| {
+            tracing::warn!(error = %f.message, "{what} refused");
+            Status::from(f)
+        }),
+        Err(e) => Err(Status::internal(format!("{what} failed: {e}"))),
     }
 }
 
@@ -138,6 +157,7 @@ impl Gcs for Agent {
                 security_policy: true,
                 shutdown: true,
                 stdout_ports: true,
+                mounts: true,
             }),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel_release: kernel_release(),
@@ -228,5 +248,44 @@ impl Gcs for Agent {
             }
         });
         Ok(Response::new(ShutdownResponse {}))
+    }
+
+    async fn mount(
+        &self,
+        request: Request<MountRequest>,
+    ) -> Result<Response<MountResponse>, Status> {
+        let req = request.into_inner();
+        let _guard = self.shared.inflight.enter("Mount", req.target.clone());
+        let mounts = self.shared.mounts.clone();
+        blocking("mount", move || mounts.mount(&req))
+            .await
+            .map(Response::new)
+    }
+
+    async fn unmount(
+        &self,
+        request: Request<UnmountRequest>,
+    ) -> Result<Response<UnmountResponse>, Status> {
+        let target = request.into_inner().target;
+        let _guard = self.shared.inflight.enter("Unmount", target.clone());
+        let mounts = self.shared.mounts.clone();
+        blocking("unmount", move || mounts.unmount(&target)).await?;
+        Ok(Response::new(UnmountResponse {}))
+    }
+
+    async fn remove_scsi_disk(
+        &self,
+        request: Request<RemoveScsiDiskRequest>,
+    ) -> Result<Response<RemoveScsiDiskResponse>, Status> {
+        let Some(addr) = request.into_inner().address else {
+            return Err(Status::invalid_argument("RemoveScsiDisk needs an address"));
+        };
+        let _guard = self.shared.inflight.enter(
+            "RemoveScsiDisk",
+            format!("{}:{}", addr.controller, addr.lun),
+        );
+        let mounts = self.shared.mounts.clone();
+        let removed = blocking("remove disk", move || mounts.remove_disk(&addr)).await?;
+        Ok(Response::new(RemoveScsiDiskResponse { removed }))
     }
 }

@@ -39,11 +39,66 @@ async fn negotiate_checks_versions_and_applies_state() {
     assert_eq!(resp.version, uvm_proto::PROTOCOL_VERSION);
     let caps = resp.capabilities.unwrap();
     assert!(caps.dump_stacks && caps.terminal && caps.signals && caps.stats && caps.shutdown);
+    assert!(caps.mounts);
     assert!(!resp.kernel_release.is_empty() && resp.uptime_ns > 0);
     let o = run(&mut c, spec(&["sh", "-c", "echo $TZ $HELLO"]), vec![])
         .await
         .unwrap();
     assert_eq!(o.stdout, b"Europe/Paris world\n");
+}
+
+/// Refused mounts come back typed, in the status details, before any
+/// syscall touches the (host's) mount table.
+#[tokio::test]
+async fn refused_mounts_carry_typed_failures() {
+    use prost::Message;
+    use uvm_proto::gcs::{mount_failure::Kind, mount_request, MountFailure, MountRequest};
+    let server = Server::start();
+    let mut c = server.client().await;
+    let disk = |target: &str, fs: &str, options: &str| MountRequest {
+        source: Some(mount_request::Source::Scsi(uvm_proto::gcs::ScsiAddress {
+            controller: 0,
+            lun: 9,
+        })),
+        target: target.into(),
+        fs_type: fs.into(),
+        options: options.into(),
+        wait_ms: 1,
+        ..Default::default()
+    };
+    for (req, kind, code) in [
+        (
+            disk("/etc", "ext4", ""),
+            Kind::TargetNotAllowed,
+            Code::InvalidArgument,
+        ),
+        (
+            disk("/mnt/x", "ntfs", ""),
+            Kind::BadFsType,
+            Code::InvalidArgument,
+        ),
+        (
+            disk("/mnt/x", "ext4", "rw"),
+            Kind::BadOptions,
+            Code::InvalidArgument,
+        ),
+    ] {
+        let s = c.mount(req).await.unwrap_err();
+        assert_eq!(s.code(), code, "{}", s.message());
+        let f = MountFailure::decode(s.details()).unwrap();
+        assert_eq!(f.kind, kind as i32, "{}", s.message());
+        assert!(!s.message().is_empty());
+    }
+    let s = c
+        .unmount(uvm_proto::gcs::UnmountRequest {
+            target: "/proc".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        MountFailure::decode(s.details()).unwrap().kind,
+        Kind::TargetNotAllowed as i32
+    );
 }
 
 #[tokio::test]
