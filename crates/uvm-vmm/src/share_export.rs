@@ -4,8 +4,12 @@
 //! share is a read-only bind, so the host kernel enforces it whatever the
 //! guest or QEMU do.
 //!
-//! The export becomes a private mount point (bound onto itself) on the first
-//! share, so no bind inside it propagates to other mount namespaces. Nothing
+//! The export becomes a private mount point (bound onto itself) at create,
+//! before QEMU opens it: QEMU holds the export's directory open, so a mount
+//! made over the export later would hide every bind below it from the
+//! guest. Being private, no bind inside it propagates to other mount
+//! namespaces. Where the caller may not mount (not root), the export stays
+//! a plain directory and binds fail with their own error. Nothing
 //! under a runtime dir is ever deleted while a mount lies below it:
 //! [`unmount_all_under`] runs first and is checked.
 
@@ -33,7 +37,8 @@ fn mount_err(action: &'static str, path: &Path, e: nix::Error) -> VmmError {
     }
 }
 
-/// Makes `<dir>/shares` (0700) and returns it.
+/// Makes `<dir>/shares` (0700), a private mount point where this process
+/// may mount, and returns it.
 pub(crate) fn create(dir: &Path) -> Result<PathBuf, VmmError> {
     use std::os::unix::fs::DirBuilderExt;
     let p = dir.join(SHARES_DIR);
@@ -44,6 +49,9 @@ pub(crate) fn create(dir: &Path) -> Result<PathBuf, VmmError> {
             path: p.clone(),
             source,
         })?;
+    if let Err(e) = make_private(&p) {
+        tracing::debug!(error = %e, "share export left a plain directory");
+    }
     Ok(p)
 }
 
@@ -65,7 +73,6 @@ pub fn bind(export: &Path, name: &str, host: &Path, read_only: bool) -> Result<P
         path: source.clone(),
         source: e,
     })?;
-    make_private(export)?;
     let target = export.join(name);
     let made = if meta.is_dir() {
         std::fs::create_dir(&target)

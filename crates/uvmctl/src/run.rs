@@ -93,6 +93,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     .await;
 
+    if !(args.disks.is_empty() && args.shares.is_empty())
+        && Controller::state(manager.as_ref()) == uvm::State::Running
+    {
+        // Unmounting flushes what the command wrote to the host's images.
+        if let Err(e) = manager.detach_all().await {
+            eprintln!("uvmctl: detaching disks and shares: {e}");
+        }
+    }
     let t = Instant::now();
     let terminated = manager.terminate_vm().await;
     timings.terminate = Some(t.elapsed());

@@ -137,8 +137,19 @@ impl Mounts {
         let flags = flags(req);
         let data = (!req.options.is_empty()).then_some(req.options.as_str());
         let node = self.at(&found.node);
-        if let Err(e) = nix::mount::mount(Some(&node), &at, Some(req.fs_type.as_str()), flags, data)
-        {
+        let fs = req.fs_type.as_str();
+        let mut r = nix::mount::mount(Some(&node), &at, Some(fs), flags, data);
+        if r == Err(Errno::EROFS) && req.read_only && matches!(fs, "ext3" | "ext4") {
+            // A journal that needs replaying cannot be replayed on a
+            // read-only disk: mount what the journal has not changed.
+            tracing::warn!(device = %found.node, "journal needs recovery on a read-only disk; mounting without replaying it");
+            let noload = match data {
+                Some(d) => format!("{d},noload"),
+                None => "noload".to_string(),
+            };
+            r = nix::mount::mount(Some(&node), &at, Some(fs), flags, Some(noload.as_str()));
+        }
+        if let Err(e) = r {
             made.remove();
             return Err(Failure::new(
                 Kind::MountFailed,

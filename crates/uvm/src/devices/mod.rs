@@ -535,4 +535,19 @@ impl Manager {
             .map(|d| d.shares.values().cloned().collect())
             .unwrap_or_default()
     }
+
+    /// Removes every runtime share and disk (all their users), unmounting
+    /// in the guest first so what was written reaches the host images.
+    /// Stops at the first failure.
+    pub async fn detach_all(&self) -> Result<(), Error> {
+        for share in self.shares().await {
+            self.remove_share(&share.name).await?;
+        }
+        for at in self.attached_disks().await {
+            while self.attached_disks().await.contains(&at) {
+                self.remove_disk(at).await?;
+            }
+        }
+        Ok(())
+    }
 }
