@@ -124,6 +124,7 @@ impl Mounts {
             ms => Duration::from_millis(ms.into()).min(MAX_DISK_WAIT),
         };
         let (c, l) = (addr.controller, addr.lun);
+        let deadline = std::time::Instant::now() + wait;
         let found = scsi::wait(&self.root, c, l, wait).ok_or_else(|| {
             Failure::new(
                 Kind::DiskNotFound,
@@ -139,6 +140,14 @@ impl Mounts {
         let node = self.at(&found.node);
         let fs = req.fs_type.as_str();
         let mut r = nix::mount::mount(Some(&node), &at, Some(fs), flags, data);
+        let mut pause = Duration::from_millis(1);
+        // A disk whose probe has not finished opens with ENXIO: retry
+        // within the same bound.
+        while r == Err(Errno::ENXIO) && std::time::Instant::now() < deadline {
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+            r = nix::mount::mount(Some(&node), &at, Some(fs), flags, data);
+        }
         if r == Err(Errno::EROFS) && req.read_only && matches!(fs, "ext3" | "ext4") {
             // A journal that needs replaying cannot be replayed on a
             // read-only disk: mount what the journal has not changed.

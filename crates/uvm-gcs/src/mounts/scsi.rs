@@ -45,7 +45,17 @@ pub fn find(root: &Path, controller: u32, lun: u32) -> Option<Found> {
         .ok()?
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .min()?;
-    let dev = std::fs::read_to_string(sysfs.join("block").join(&block).join("dev")).ok()?;
+    let dir = sysfs.join("block").join(&block);
+    // A disk still being probed has no capacity yet.
+    let sectors: u64 = std::fs::read_to_string(dir.join("size"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    if sectors == 0 {
+        return None;
+    }
+    let dev = std::fs::read_to_string(dir.join("dev")).ok()?;
     let node = format!("/dev/{block}");
     std::fs::symlink_metadata(root.join(&node[1..])).ok()?;
     Some(Found {
@@ -118,6 +128,7 @@ pub(crate) mod fake {
         let d = root.join(format!("sys/bus/scsi/devices/{h}:0:{c}:{l}/block/{name}"));
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("dev"), format!("{dev}\n")).unwrap();
+        std::fs::write(d.join("size"), "16384\n").unwrap();
         std::fs::create_dir_all(root.join("dev")).unwrap();
         std::fs::write(root.join("dev").join(name), b"").unwrap();
     }
