@@ -427,7 +427,7 @@ async fn real_terminate_with_disks_and_shares_attached_leaves_no_mount() {
 
 /// MemTotal in KiB.
 async fn mem_total_kib(vm: &VmGuard) -> u64 {
-    let out = guest_sh(&vm, "awk '/MemTotal/ {print $2}' /proc/meminfo").await;
+    let out = guest_sh(vm, "awk '/MemTotal/ {print $2}' /proc/meminfo").await;
     out.trim().parse().unwrap()
 }
 
