@@ -99,8 +99,10 @@ pub enum Error {
         reason: ExitError,
     },
     /// Every LUN of the VM's SCSI controllers is in use; nothing was attached.
-    #[error("every LUN of the VM's {controllers} SCSI controller(s) is in use")]
+    #[error("cannot attach {}: every LUN of the VM's {controllers} SCSI controller(s) is in use", path.display())]
     ScsiFull {
+        /// The image that did not fit.
+        path: std::path::PathBuf,
         /// Controllers of the VM.
         controllers: u32,
     },

@@ -117,7 +117,10 @@ impl Devices {
 
 fn claim_error(path: &Path, e: ClaimError) -> Error {
     match e {
-        ClaimError::Full { controllers } => Error::ScsiFull { controllers },
+        ClaimError::Full { controllers } => Error::ScsiFull {
+            path: path.to_path_buf(),
+            controllers,
+        },
         ClaimError::InUse { at, read_only } => Error::DiskInUse {
             path: path.to_path_buf(),
             at,

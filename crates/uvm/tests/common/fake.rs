@@ -15,7 +15,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uvm_guest::testing::{FakeGcs, FakeGcsConfig};
 use uvm_schema::ComputeSystem;
-use uvm_vmm::{ChannelSet, ExitReason, Hypervisor, UtilityVm, VmStatistics, VmmError};
+use uvm_vmm::{
+    ChannelSet, DiskAttachment, ExitReason, Hypervisor, ScsiInventory, UtilityVm, VmStatistics,
+    VmmError,
+};
 
 /// Failures to inject. Counters fail that many calls, then succeed.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +40,8 @@ pub struct Faults {
     /// The fake guest reconnects its log stream once (WCOW agents do).
     pub log_reconnect: bool,
     pub gcs: FakeGcsConfig,
+    /// `hot_add_disk` fails (nothing is left attached).
+    pub hot_add_fails: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -124,6 +129,7 @@ impl Hypervisor for FakeHypervisor {
             closed: AtomicBool::new(false),
             close_calls: AtomicUsize::new(0),
             entropy_bytes: AtomicUsize::new(0),
+            disks: Mutex::new(Default::default()),
         });
         lock(&self.vms).push(vm.clone());
         Ok(vm)
@@ -146,6 +152,8 @@ pub struct FakeVm {
     pub closed: AtomicBool,
     pub close_calls: AtomicUsize,
     pub entropy_bytes: AtomicUsize,
+    /// Disks on the fake SCSI controller: (controller, LUN) -> image.
+    pub disks: Mutex<std::collections::BTreeMap<(u32, u32), PathBuf>>,
 }
 
 impl FakeVm {
@@ -335,6 +343,34 @@ impl UtilityVm for FakeVm {
     fn pid(&self) -> Option<u32> {
         None
     }
+    async fn hot_add_disk(&self, disk: &DiskAttachment) -> Result<(), VmmError> {
+        if lock(&self.shared_faults).hot_add_fails {
+            return Err(VmmError::Unsupported("injected hot-add failure".into()));
+        }
+        let mut disks = lock(&self.disks);
+        let at = (disk.controller, disk.lun);
+        assert!(!disks.contains_key(&at), "LUN {at:?} given out twice");
+        disks.insert(at, disk.path.clone());
+        Ok(())
+    }
+
+    async fn hot_remove_disk(&self, controller: u32, lun: u32) -> Result<(), VmmError> {
+        match lock(&self.disks).remove(&(controller, lun)) {
+            Some(_) => Ok(()),
+            None => Err(VmmError::Unsupported(format!(
+                "no disk at {controller}:{lun}"
+            ))),
+        }
+    }
+
+    async fn scsi_inventory(&self) -> Result<ScsiInventory, VmmError> {
+        let disks = lock(&self.disks);
+        Ok(ScsiInventory {
+            disks: disks.keys().copied().collect(),
+            block_nodes: disks.keys().map(|(c, l)| format!("disk-{c}-{l}")).collect(),
+        })
+    }
+
     fn runtime_dir(&self) -> &Path {
         &self.dir
     }
