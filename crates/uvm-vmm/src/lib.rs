@@ -16,10 +16,15 @@
 //!   channel (0600, bound by us before QEMU starts; QEMU connects as a client),
 //!   `console.log` (guest serial port 0), `owner.pid` (locked; see
 //!   [`sweep_stale_runtime_dirs`]).
-//! - Devices: Scsi attachments are virtio-blk disks whose serial is
-//!   `scsi-<controller index>-<lun>` (guest: `/sys/block/vdX/serial`,
-//!   `/dev/disk/by-id/virtio-scsi-0-1`); Plan9 shares are virtio-9p with
-//!   `mount_tag` = share name; ComPorts are ISA serial ports (`ttyS<n>`; ports
+//! - Devices: one virtio-scsi HBA per VM (`scsi0`: `virtio-scsi-device` on
+//!   microvm, `virtio-scsi-pci` on q35). Document `Scsi` attachments are
+//!   `scsi-hd` at SCSI target = controller index, LUN = their LUN (guest:
+//!   `/sys/bus/scsi/devices/H:0:C:L`); runtime disks are hot-added there
+//!   ([`UtilityVm::hot_add_disk`]: `blockdev-add` + `device_add`, removed on
+//!   `DEVICE_DELETED`). Plan9 shares are virtio-9p with `mount_tag` = share
+//!   name, and every VM exports its runtime dir's `shares/` with tag
+//!   `uvm-shares` for runtime shares (bind mounts, [`share_export`]). A
+//!   virtio-balloon backs `set_memory_target`. ComPorts are ISA serial ports (`ttyS<n>`; ports
 //!   above 0 need a guest kernel with enough 8250 UARTs).
 //! - QEMU is forked from a dedicated process-lifetime thread with
 //!   `PR_SET_PDEATHSIG=SIGKILL`, in its own process group; its stderr goes to
