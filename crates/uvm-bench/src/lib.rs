@@ -9,6 +9,7 @@
 
 pub mod density;
 pub mod hostfs;
+pub mod hotplug;
 pub mod memory;
 pub mod ours;
 pub mod qemu;

@@ -224,6 +224,8 @@ pub struct Report {
     pub memory: Option<Memory>,
     /// Density steps.
     pub density: Vec<Density>,
+    /// Runtime devices.
+    pub hotplug: Option<crate::hotplug::Hotplug>,
     /// Sections that failed, `section: error` (nothing hidden).
     pub errors: Vec<String>,
 }
@@ -367,6 +369,26 @@ impl Report {
         }
         if let Some(l) = &self.stats {
             row("stats ms", l.median_ms, l.p90_ms, None, None, None);
+        }
+        if let Some(h) = &self.hotplug {
+            for (name, l) in [
+                ("hotplug add_disk ms", &h.add_disk),
+                ("  add+mount (usable) ms", &h.add_disk_usable),
+                ("  remove_disk (mounted) ms", &h.remove_disk),
+                ("  add_share ms", &h.add_share),
+                ("  remove_share ms", &h.remove_share),
+            ] {
+                row(name, l.median_ms, l.p90_ms, None, None, None);
+            }
+            // 9p against the virtio-scsi disk: the disk is the baseline.
+            row(
+                &format!("  cold read {} MiB, 9p MiB/s", h.read_file_mib),
+                h.read_9p_mib_s,
+                None,
+                h.read_scsi_mib_s,
+                None,
+                h.read_9p_mib_s.zip(h.read_scsi_mib_s).map(|(a, b)| a / b),
+            );
         }
         if let Some(mem) = &self.memory {
             for m in &mem.rss_mib {

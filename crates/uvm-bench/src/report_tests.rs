@@ -32,6 +32,13 @@ fn json_has_design_keys() {
             vms: 1,
             ..Default::default()
         }],
+        hotplug: Some(crate::hotplug::Hotplug {
+            add_disk_median_ms: Some(20.0),
+            read_file_mib: 64,
+            read_scsi_mib_s: Some(200.0),
+            read_9p_mib_s: Some(100.0),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let v: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
@@ -65,5 +72,20 @@ fn json_has_design_keys() {
     for k in ["cpus", "accel", "qemu", "kernel"] {
         assert!(v["machine"].get(k).is_some(), "machine.{k}");
     }
+    for k in [
+        "add_disk_median_ms",
+        "remove_disk_median_ms",
+        "add_share_median_ms",
+        "read_scsi_mib_s",
+        "read_9p_mib_s",
+    ] {
+        assert!(v["hotplug"].get(k).is_some(), "hotplug.{k}");
+    }
     assert!(rep.table().contains("boot tuned create+start ms"));
+    let table = rep.table();
+    let p9 = table.lines().find(|l| l.contains("9p MiB/s")).unwrap();
+    assert!(
+        p9.contains("100.0") && p9.contains("200.0") && p9.contains("0.50x"),
+        "{p9}"
+    );
 }

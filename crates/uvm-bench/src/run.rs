@@ -78,6 +78,11 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
                 Ok(t) => rep.stdout_throughput = Some(t),
                 Err(e) => rep.errors.push(format!("stdout_throughput: {}", chain(&e))),
             }
+            let size = if opts.quick { 16 } else { 64 };
+            match crate::hotplug::section(&vm, opts.runs, size, tmp.path()).await {
+                Ok(h) => rep.hotplug = Some(h),
+                Err(e) => rep.errors.push(format!("hotplug: {}", chain(&e))),
+            }
             if let Err(e) = vm.terminate().await {
                 rep.errors.push(format!("terminate: {}", chain(&e)));
             }

@@ -253,8 +253,10 @@ fn hcsshim_shaped_document_runs() {
     });
     let path = files.path().join("hcsshim.json");
     std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
-    // Two vCPUs, and the read-only SCSI disk is a 1 MiB block device full of 0x5a.
-    let script = "nproc; head -c 4 /dev/vda; echo; echo x > /dev/vda 2>/dev/null && echo writable || echo read-only";
+    // Two vCPUs, and the read-only SCSI disk (controller 0, LUN 0: SCSI
+    // address H:0:0:0) is a 1 MiB block device full of 0x5a.
+    let script = "nproc; for i in $(seq 50); do b=$(ls /sys/bus/scsi/devices/*:0:0:0/block 2>/dev/null) && [ -b /dev/$b ] && break; sleep 0.1; done; \
+        head -c 4 /dev/$b; echo; echo x > /dev/$b 2>/dev/null && echo writable || echo read-only";
     let out = sb.run(
         &[
             "run",
