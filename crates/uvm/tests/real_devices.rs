@@ -382,6 +382,13 @@ async fn real_shares_are_read_only_when_asked_and_removed_without_trace() {
         vm.mgr.remove_share(&s.name).await.unwrap();
     }
     assert!(vm.mgr.shares().await.is_empty());
+    let export = vm.mgr.utility_vm().unwrap().runtime_dir().join("shares");
+    let entries: Vec<_> = std::fs::read_dir(&export)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(entries.is_empty(), "left in the share export: {entries:?}");
     let out = guest_sh(
         &vm,
         "grep -c ' /mnt/' /proc/mounts; ls /run/uvm/shares | wc -l",

@@ -93,10 +93,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     .await;
 
-    if !(args.disks.is_empty() && args.shares.is_empty())
+    // Once CMD ran, unmounting flushes what it wrote to the host's images
+    // (when attaching failed, CMD never ran and terminate is enough).
+    if outcome.is_ok()
+        && !(args.disks.is_empty() && args.shares.is_empty())
         && Controller::state(manager.as_ref()) == uvm::State::Running
     {
-        // Unmounting flushes what the command wrote to the host's images.
         if let Err(e) = manager.detach_all().await {
             eprintln!("uvmctl: detaching disks and shares: {e}");
         }

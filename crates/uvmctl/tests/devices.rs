@@ -131,3 +131,28 @@ fn what_cannot_be_attached_is_125_with_a_sentence() {
     }
     sb.assert_clean();
 }
+
+#[test]
+fn a_full_controller_is_125_and_leaves_nothing() {
+    let sb = Sandbox::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = ext4_image(tmp.path(), &[("f", "x")]);
+    // The default document has one SCSI controller: 64 LUNs.
+    let mut args = vec!["run".to_string()];
+    for i in 0..65 {
+        let img = tmp.path().join(format!("d{i}.img"));
+        std::fs::copy(&first, &img).unwrap();
+        args.push("--disk".into());
+        args.push(format!("{}:ro", img.display()));
+    }
+    args.extend(["--".into(), "true".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = sb.run(&args, None);
+    assert_eq!(code(&out), 125, "stderr: {}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("d64.img") && err.contains("is in use"),
+        "{err}"
+    );
+    sb.assert_clean();
+}
