@@ -8,6 +8,7 @@ AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT        := target/$(AGENT_TARGET)/agent/uvm-gcs
 UVMCTL       := target/release/uvmctl
 DEMO_CMD     ?= uname -a
+DEMO_IMAGE   := target/busybox-oci.tar
 
 export UVM_AGENT := $(CURDIR)/$(AGENT)
 
@@ -30,6 +31,9 @@ image: deps build
 demo: image
 	@echo "+ uvmctl run --stats -- $(DEMO_CMD)"
 	@$(UVMCTL) run --stats -- $(DEMO_CMD)
+	@$(UVMCTL) image oci-busybox $(DEMO_IMAGE) >/dev/null
+	@echo "+ uvmctl run --image $(DEMO_IMAGE) -- sh -c 'echo pid \$$\$$ in \$$(hostname); ps'"
+	@$(UVMCTL) run --image $(DEMO_IMAGE) -- sh -c 'echo pid $$$$ in $$(hostname); ps'
 
 # Real-VM tests must not skip here; the soak and chaos tests run at full length.
 test: image

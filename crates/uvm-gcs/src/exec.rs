@@ -8,6 +8,8 @@
 //! stdout straight to the port and `exited` carries the byte count instead.
 //! All channels are bounded, so a slow client slows the process down instead
 //! of growing buffers. A client that goes away gets its process killed.
+// Errors are `tonic::Status` values: the gRPC code is the contract (see `spawn`).
+#![allow(clippy::result_large_err)]
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +20,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
-use uvm_proto::gcs::{exec_input, exec_output, exited, ExecInput, ExecOutput, Exited, Started};
+use uvm_proto::gcs::{
+    exec_input, exec_output, exited, ContainerProcess, ExecInput, ExecOutput, Exited, ProcessSpec,
+    Started,
+};
 
 use crate::fdio::{FdIo, SharedFd};
 use crate::reaper::ExitKind;
@@ -87,30 +92,12 @@ pub async fn exec_handler(
             ))
         }
     };
-    let guard = exec_handler_started(&shared, &spec.args);
-    let prepared = {
-        let defaults = shared
-            .defaults
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let policy = shared.policy.read().unwrap_or_else(|e| e.into_inner());
-        spawn::prepare(&spec, &defaults, &policy)
+    let (running, claim, guard, label) = match &spec.container {
+        Some(cp) => start_in_container(&shared, &spec, cp).await?,
+        None => start_in_guest(&shared, &spec)?,
     };
-    let prepared = prepared.inspect_err(|s| tracing::info!(args = %summary(&spec.args), code = ?s.code(), error = s.message(), "exec rejected"))?;
-    let mut claim = claim_stdout_port(&shared, &spec);
-    let port_fd = match &mut claim {
-        Some(c) => Some(
-            c.child_fd()
-                .map_err(|e| Status::internal(format!("stdout port: {e}")))?,
-        ),
-        None => None,
-    };
-    let running = spawn::spawn(prepared, &shared.reaper, port_fd).inspect_err(
-        |s| tracing::warn!(args = %summary(&spec.args), error = s.message(), "exec failed"),
-    )?;
     guard.set_pid(running.pid as u32);
-    tracing::info!(pid = running.pid, args = %summary(&spec.args), terminal = spec.terminal, "process started");
+    tracing::info!(pid = running.pid, args = %label, terminal = running.terminal, "process started");
     let (tx, rx) = mpsc::channel(OUTPUT_QUEUE);
     let started = ExecOutput {
         msg: Some(exec_output::Msg::Started(Started {
@@ -124,10 +111,68 @@ pub async fn exec_handler(
     Ok(ReceiverStream::new(rx))
 }
 
+/// A started process, its stdout port, its `DumpStacks` entry and a summary.
+type Start = (Running, Option<Claim>, InFlightGuard, String);
+
+/// A process of the guest itself: validated, resolved, spawned.
+fn start_in_guest(shared: &Shared, spec: &ProcessSpec) -> Result<Start, Status> {
+    let guard = exec_handler_started(shared, &spec.args);
+    let prepared = {
+        let defaults = shared
+            .defaults
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let policy = shared.policy.read().unwrap_or_else(|e| e.into_inner());
+        spawn::prepare(spec, &defaults, &policy)
+    };
+    let prepared = prepared.inspect_err(|s| tracing::info!(args = %summary(&spec.args), code = ?s.code(), error = s.message(), "exec rejected"))?;
+    let mut claim = claim_stdout_port(shared, spec, spec.terminal);
+    let port_fd = stdout_port_fd(&mut claim)?;
+    let running = spawn::spawn(prepared, &shared.reaper, port_fd).inspect_err(
+        |s| tracing::warn!(args = %summary(&spec.args), error = s.message(), "exec failed"),
+    )?;
+    Ok((running, claim, guard, summary(&spec.args)))
+}
+
+/// A process of a container (its init or an exec into it); the OCI
+/// process says args, env, cwd and terminal.
+async fn start_in_container(
+    shared: &Shared,
+    spec: &ProcessSpec,
+    cp: &ContainerProcess,
+) -> Result<Start, Status> {
+    let prepared = {
+        let policy = shared.policy.read().unwrap_or_else(|e| e.into_inner());
+        shared.containers.prepare(cp, &policy)
+    };
+    let prepared = prepared.inspect_err(|s| tracing::info!(container = %cp.container_id, code = ?s.code(), error = s.message(), "container exec rejected"))?;
+    let label = summary(std::slice::from_ref(&prepared.summary));
+    let guard = shared.inflight.enter("Exec", label.clone());
+    let mut claim = claim_stdout_port(shared, spec, prepared.terminal);
+    let port_fd = stdout_port_fd(&mut claim)?;
+    let running = shared
+        .containers
+        .launch(prepared, &shared.reaper, port_fd)
+        .await
+        .inspect_err(|s| tracing::warn!(container = %cp.container_id, code = ?s.code(), error = s.message(), "container exec failed"))?;
+    Ok((running, claim, guard, label))
+}
+
+fn stdout_port_fd(claim: &mut Option<Claim>) -> Result<Option<std::os::fd::OwnedFd>, Status> {
+    match claim {
+        Some(c) => c
+            .child_fd()
+            .map(Some)
+            .map_err(|e| Status::internal(format!("stdout port: {e}"))),
+        None => Ok(None),
+    }
+}
+
 /// The stdout port the host asked for, if it can be used; `None`: stdout
 /// goes through gRPC.
-fn claim_stdout_port(shared: &Shared, spec: &uvm_proto::gcs::ProcessSpec) -> Option<Claim> {
-    if spec.stdout_port.is_empty() || spec.terminal {
+fn claim_stdout_port(shared: &Shared, spec: &ProcessSpec, terminal: bool) -> Option<Claim> {
+    if spec.stdout_port.is_empty() || terminal {
         return None;
     }
     shared
@@ -303,7 +348,7 @@ async fn drive(
                     Err(_) => break None,
                 }
             }
-            status = &mut exit => break status.ok(),
+            status = &mut exit => break status,
             _ = tx.closed() => break None,
             _ = &mut record_stack, if !stack_recorded => {
                 stack_recorded = true;
@@ -341,7 +386,8 @@ async fn drive(
     pumps.iter().for_each(|p| p.abort());
     input_task.abort();
     tracing::info!(pid, status = ?status, "process exited");
-    let status = match status {
+    let oom_killed = status.oom_killed;
+    let status = match status.kind {
         ExitKind::Code(c) => exited::Status::ExitCode(c),
         ExitKind::Signal(s) => exited::Status::Signal(s),
     };
@@ -350,6 +396,7 @@ async fn drive(
             status: Some(status),
             stdout_port_bytes: port_end.map_or(0, |e| e.bytes),
             stdout_port_retired: port_end.is_some_and(|e| e.retired),
+            oom_killed,
         })),
     };
     let _ = tx.send(Ok(msg)).await;

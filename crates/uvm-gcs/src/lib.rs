@@ -9,6 +9,7 @@
 
 pub mod boot_marks;
 pub mod config;
+pub mod container;
 pub mod exec;
 pub mod fdio;
 pub mod init;

@@ -42,6 +42,12 @@ fn init_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn main() {
+    // A container process's helper: a fresh, single-threaded process that
+    // must not start a runtime or do anything PID 1 does.
+    if std::env::args_os().nth(1).as_deref() == Some(uvm_gcs::container::plan::HELPER_ARG.as_ref())
+    {
+        uvm_gcs::container::helper::main();
+    }
     // Guest uptime when the kernel handed over to us (boot profiling).
     let main_uptime_us = uvm_gcs::stats::uptime_ns() / 1_000;
     let args: Vec<String> = std::env::args().collect();

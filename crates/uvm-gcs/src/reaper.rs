@@ -63,6 +63,26 @@ impl Reaper {
         Ok((child, rx))
     }
 
+    /// Registers `pid`, an already running child of this process (a
+    /// container process forked with `CLONE_PARENT` by a helper), and returns
+    /// the receiver for its exit status. The caller must make sure the child
+    /// cannot have exited yet (it waits for the caller's go); one that is
+    /// gone already (reaped as an orphan) is an error, not a wait forever.
+    pub fn adopt(&self, pid: i32) -> io::Result<oneshot::Receiver<ExitKind>> {
+        let mut inner = self.lock();
+        let (tx, rx) = oneshot::channel();
+        if inner.waiters.contains_key(&pid) {
+            return Err(io::Error::other(format!("pid {pid} is registered already")));
+        }
+        // SAFETY: signal 0 only checks that the process exists; with the lock
+        // held the reaper cannot reap it between this check and the insert.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            return Err(io::Error::other(format!("process {pid} is gone")));
+        }
+        inner.waiters.insert(pid, tx);
+        Ok(rx)
+    }
+
     /// Number of orphans (unregistered children) reaped so far.
     pub fn orphans_reaped(&self) -> u64 {
         self.lock().orphans_reaped

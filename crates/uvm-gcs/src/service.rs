@@ -6,14 +6,18 @@ use std::time::Duration;
 use tonic::{Request, Response, Status, Streaming};
 use uvm_proto::gcs::gcs_server::{Gcs, GcsServer};
 use uvm_proto::gcs::{
-    shutdown_request, Capabilities, DumpStacksRequest, DumpStacksResponse, ExecInput, GuestStats,
-    HvSocketAddress, MountRequest, MountResponse, NegotiateRequest, NegotiateResponse,
-    RemoveScsiDiskRequest, RemoveScsiDiskResponse, SecurityPolicy, SetSecurityPolicyResponse,
-    ShutdownRequest, ShutdownResponse, StatsRequest, UnmountRequest, UnmountResponse,
+    shutdown_request, Capabilities, ContainerStatistics, ContainerStatsRequest,
+    CreateContainerRequest, CreateContainerResponse, DeleteContainerRequest,
+    DeleteContainerResponse, DumpStacksRequest, DumpStacksResponse, ExecInput, GuestStats,
+    HvSocketAddress, ListContainersRequest, ListContainersResponse, MountRequest, MountResponse,
+    NegotiateRequest, NegotiateResponse, RemoveScsiDiskRequest, RemoveScsiDiskResponse,
+    SecurityPolicy, SetSecurityPolicyResponse, ShutdownRequest, ShutdownResponse,
+    SignalContainerRequest, SignalContainerResponse, StatsRequest, UnmountRequest, UnmountResponse,
     UpdateHvSocketAddressResponse,
 };
 use uvm_proto::PROTOCOL_VERSION;
 
+use crate::container::Containers;
 use crate::exec::{exec_handler, ExecStream};
 use crate::mounts::{Failure, Mounts};
 use crate::policy::Policy;
@@ -49,6 +53,8 @@ pub struct Shared {
     pub stdout_ports: Arc<StdoutPorts>,
     /// Disks and shares mounted for the host.
     pub mounts: Arc<Mounts>,
+    /// Containers (DESIGN §11).
+    pub containers: Containers,
 }
 
 /// The GCS service; cheap to clone.
@@ -73,6 +79,7 @@ impl Agent {
                 ..PortPaths::default()
             }),
             mounts: Arc::new(Mounts::default()),
+            containers: Containers::default(),
         };
         Self {
             shared: Arc::new(shared),
@@ -158,6 +165,7 @@ impl Gcs for Agent {
                 shutdown: true,
                 stdout_ports: true,
                 mounts: true,
+                containers: true,
             }),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel_release: kernel_release(),
@@ -287,5 +295,74 @@ impl Gcs for Agent {
         let mounts = self.shared.mounts.clone();
         let removed = blocking("remove disk", move || mounts.remove_disk(&addr)).await?;
         Ok(Response::new(RemoveScsiDiskResponse { removed }))
+    }
+
+    async fn create_container(
+        &self,
+        request: Request<CreateContainerRequest>,
+    ) -> Result<Response<CreateContainerResponse>, Status> {
+        let req = request.into_inner();
+        let _guard = self
+            .shared
+            .inflight
+            .enter("CreateContainer", req.id.clone());
+        if uses_shares(&req) {
+            let mounts = self.shared.mounts.clone();
+            blocking("mount the share export", move || mounts.mount_export()).await?;
+        }
+        self.shared.containers.create(req).await.map(Response::new)
+    }
+
+    async fn signal_container(
+        &self,
+        request: Request<SignalContainerRequest>,
+    ) -> Result<Response<SignalContainerResponse>, Status> {
+        let req = request.into_inner();
+        self.shared
+            .containers
+            .signal(&req.id, req.signal, req.all)
+            .map(|()| Response::new(SignalContainerResponse {}))
+    }
+
+    async fn delete_container(
+        &self,
+        request: Request<DeleteContainerRequest>,
+    ) -> Result<Response<DeleteContainerResponse>, Status> {
+        let id = request.into_inner().id;
+        let _guard = self.shared.inflight.enter("DeleteContainer", id.clone());
+        self.shared.containers.delete(&id).await?;
+        Ok(Response::new(DeleteContainerResponse {}))
+    }
+
+    async fn container_stats(
+        &self,
+        request: Request<ContainerStatsRequest>,
+    ) -> Result<Response<ContainerStatistics>, Status> {
+        let id = request.into_inner().id;
+        self.shared.containers.stats(&id).await.map(Response::new)
+    }
+
+    async fn list_containers(
+        &self,
+        _: Request<ListContainersRequest>,
+    ) -> Result<Response<ListContainersResponse>, Status> {
+        Ok(Response::new(ListContainersResponse {
+            containers: self.shared.containers.list(),
+        }))
+    }
+}
+
+/// Whether a container's layers lie in the share export (the host hands
+/// image layers over as read-only shares).
+fn uses_shares(req: &CreateContainerRequest) -> bool {
+    use uvm_proto::gcs::container_rootfs::Source;
+    let under = |p: &str| {
+        p.strip_prefix(uvm_proto::mounts::SHARES_GUEST_DIR)
+            .is_some_and(|rest| rest.starts_with('/'))
+    };
+    match req.rootfs.as_ref().and_then(|r| r.source.as_ref()) {
+        Some(Source::Overlay(o)) => o.lower_dirs.iter().any(|l| under(l)),
+        Some(Source::Directory(d)) => under(d),
+        None => false,
     }
 }

@@ -7,11 +7,13 @@
 #![allow(clippy::result_large_err)]
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::pin::Pin;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use tokio::sync::oneshot;
@@ -60,8 +62,31 @@ pub struct Running {
     pub stderr: Option<Arc<FdIo>>,
     /// `true` when the process runs on a pty.
     pub terminal: bool,
-    /// Resolves when the reaper has collected the process.
-    pub exit: oneshot::Receiver<ExitKind>,
+    /// Resolves when the reaper has collected the process; `None` when its
+    /// exit can no longer be learnt (the reaper's side went away).
+    pub exit: ExitFuture,
+}
+
+/// How a process ended, as `Exec` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// Its exit status.
+    pub kind: ExitKind,
+    /// A container's process: its cgroup counted an OOM kill while it ran.
+    pub oom_killed: bool,
+}
+
+/// The exit of a spawned process (see [`Running::exit`]).
+pub type ExitFuture = Pin<Box<dyn Future<Output = Option<ProcessExit>> + Send>>;
+
+/// The exit of a plain (non-container) process, from its reaper receiver.
+pub fn plain_exit(rx: oneshot::Receiver<ExitKind>) -> ExitFuture {
+    Box::pin(async move {
+        rx.await.ok().map(|kind| ProcessExit {
+            kind,
+            oom_killed: false,
+        })
+    })
 }
 
 fn parse_env(entries: &[String], into: &mut BTreeMap<String, String>) -> Result<(), Status> {
@@ -209,35 +234,16 @@ pub fn set_window(fd: i32, w: &WindowSize) {
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
 
-/// Spawns a prepared process, registered with `reaper`. `stdout_port`
-/// becomes its stdout instead of a pipe (ignored with a terminal).
-pub fn spawn(
-    p: Prepared,
-    reaper: &Reaper,
+/// Gives `cmd` its stdio: the slave of a new pty when `terminal` (whose
+/// master is returned), else pipes, with `stdout_port` as stdout when given.
+pub fn attach_stdio(
+    cmd: &mut Command,
+    terminal: bool,
+    window: Option<&WindowSize>,
     stdout_port: Option<OwnedFd>,
-) -> Result<Running, Status> {
+) -> Result<Option<OwnedFd>, Status> {
     let internal = |what: &str, e: &dyn std::fmt::Display| Status::internal(format!("{what}: {e}"));
-    let mut cmd = Command::new(&p.path);
-    cmd.arg0(&p.args[0])
-        .args(&p.args[1..])
-        .env_clear()
-        .envs(&p.env)
-        .current_dir(&p.workdir);
-    let mut master = None;
-    if p.terminal {
-        let pty = nix::pty::openpty(None, None).map_err(|e| internal("openpty", &e))?;
-        set_cloexec(&pty.master)
-            .and_then(|_| set_cloexec(&pty.slave))
-            .map_err(|e| internal("pty", &e))?;
-        if let Some(w) = &p.window {
-            set_window(pty.master.as_raw_fd(), w);
-        }
-        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| internal("dup", &e));
-        cmd.stdin(Stdio::from(dup(&pty.slave)?))
-            .stdout(Stdio::from(dup(&pty.slave)?))
-            .stderr(Stdio::from(pty.slave));
-        master = Some(pty.master);
-    } else {
+    if !terminal {
         let stdout = match stdout_port {
             Some(fd) => Stdio::from(fd),
             None => Stdio::piped(),
@@ -245,7 +251,78 @@ pub fn spawn(
         cmd.stdin(Stdio::piped())
             .stdout(stdout)
             .stderr(Stdio::piped());
+        return Ok(None);
     }
+    let pty = nix::pty::openpty(None, None).map_err(|e| internal("openpty", &e))?;
+    set_cloexec(&pty.master)
+        .and_then(|_| set_cloexec(&pty.slave))
+        .map_err(|e| internal("pty", &e))?;
+    if let Some(w) = window {
+        set_window(pty.master.as_raw_fd(), w);
+    }
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| internal("dup", &e));
+    cmd.stdin(Stdio::from(dup(&pty.slave)?))
+        .stdout(Stdio::from(dup(&pty.slave)?))
+        .stderr(Stdio::from(pty.slave));
+    Ok(Some(pty.master))
+}
+
+/// The parent's ends of a spawned child's stdio (see [`attach_stdio`]) as a
+/// [`Running`] for process `pid`, which may be another process than `child`
+/// (a container's process started by a helper) but shares its stdio.
+pub fn running(
+    child: &mut Child,
+    pid: i32,
+    master: Option<OwnedFd>,
+    exit: ExitFuture,
+) -> Result<Running, Status> {
+    let wrap = |fd: OwnedFd| {
+        FdIo::new(fd)
+            .map(Arc::new)
+            .map_err(|e| Status::internal(format!("stdio: {e}")))
+    };
+    if let Some(m) = master {
+        let m = wrap(m)?;
+        return Ok(Running {
+            pid,
+            stdin: m.clone(),
+            stdout: Some(m),
+            stderr: None,
+            terminal: true,
+            exit,
+        });
+    }
+    let take = |fd: Option<OwnedFd>| fd.ok_or_else(|| Status::internal("missing stdio pipe"));
+    let stdin = wrap(take(child.stdin.take().map(OwnedFd::from))?)?;
+    let stdout = match child.stdout.take() {
+        Some(fd) => Some(wrap(OwnedFd::from(fd))?),
+        None => None,
+    };
+    let stderr = wrap(take(child.stderr.take().map(OwnedFd::from))?)?;
+    Ok(Running {
+        pid,
+        stdin,
+        stdout,
+        stderr: Some(stderr),
+        terminal: false,
+        exit,
+    })
+}
+
+/// Spawns a prepared process, registered with `reaper`. `stdout_port`
+/// becomes its stdout instead of a pipe (ignored with a terminal).
+pub fn spawn(
+    p: Prepared,
+    reaper: &Reaper,
+    stdout_port: Option<OwnedFd>,
+) -> Result<Running, Status> {
+    let mut cmd = Command::new(&p.path);
+    cmd.arg0(&p.args[0])
+        .args(&p.args[1..])
+        .env_clear()
+        .envs(&p.env)
+        .current_dir(&p.workdir);
+    let master = attach_stdio(&mut cmd, p.terminal, p.window.as_ref(), stdout_port)?;
     let terminal = p.terminal;
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (setsid, ioctl).
@@ -265,43 +342,7 @@ pub fn spawn(
         .map_err(|e| spawn_error(&p.path, e))?;
     drop(cmd); // closes the parent's copies of the pty slave
     let pid = child.id() as i32;
-    let wrap = |fd: OwnedFd| {
-        FdIo::new(fd)
-            .map(Arc::new)
-            .map_err(|e| internal("stdio", &e))
-    };
-    let running = match master {
-        Some(m) => {
-            let m = wrap(m)?;
-            Running {
-                pid,
-                stdin: m.clone(),
-                stdout: Some(m),
-                stderr: None,
-                terminal,
-                exit,
-            }
-        }
-        None => {
-            let take =
-                |fd: Option<OwnedFd>| fd.ok_or_else(|| Status::internal("missing stdio pipe"));
-            let stdin = wrap(take(child.stdin.take().map(OwnedFd::from))?)?;
-            let stdout = match child.stdout.take() {
-                Some(fd) => Some(wrap(OwnedFd::from(fd))?),
-                None => None,
-            };
-            let stderr = wrap(take(child.stderr.take().map(OwnedFd::from))?)?;
-            Running {
-                pid,
-                stdin,
-                stdout,
-                stderr: Some(stderr),
-                terminal,
-                exit,
-            }
-        }
-    };
-    Ok(running)
+    running(&mut child, pid, master, plain_exit(exit))
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use common::*;
 use proptest::prelude::*;
-use uvm_proto::gcs::{exec_input, ExecInput, ProcessSpec, StatsRequest, WindowSize};
+use uvm_proto::gcs::{
+    exec_input, ContainerProcess, ExecInput, ProcessSpec, StatsRequest, WindowSize,
+};
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -59,15 +61,24 @@ fn process_spec() -> impl Strategy<Value = ProcessSpec> {
             1 => Just("../../dev/null".to_string()),
             1 => "\\PC{0,20}",
         ],
+        // Now and then a container target (none exists: NOT_FOUND).
+        proptest::option::weighted(0.1, ("\\PC{0,20}", any::<bool>(), "\\PC{0,40}")),
     )
         .prop_map(
-            |(cmd, rest, env, workdir, terminal, window, stdout_port)| ProcessSpec {
+            |(cmd, rest, env, workdir, terminal, window, stdout_port, container)| ProcessSpec {
                 args: std::iter::once(cmd).chain(rest).collect(),
                 env,
                 workdir,
                 terminal,
                 window: window.map(|(rows, cols)| WindowSize { rows, cols }),
                 stdout_port,
+                container: container.map(|(container_id, init, oci_process_json)| {
+                    ContainerProcess {
+                        container_id,
+                        init,
+                        oci_process_json,
+                    }
+                }),
             },
         )
 }

@@ -113,6 +113,17 @@ pub enum GuestError {
         /// The agent's message.
         message: String,
     },
+    /// The agent refused a container request: no such container
+    /// (NOT_FOUND), the id is taken (ALREADY_EXISTS), or the container is not
+    /// in a state that allows it (FAILED_PRECONDITION). The message is the
+    /// agent's sentence.
+    #[error("{message}")]
+    Container {
+        /// The gRPC code the agent answered with.
+        code: tonic::Code,
+        /// The agent's message.
+        message: String,
+    },
     /// The agent broke the protocol (e.g. an exec stream without `started`).
     #[error("protocol violation: {0}")]
     Protocol(&'static str),
@@ -143,7 +154,24 @@ impl GuestError {
                 };
             }
         }
+        let container_op = op.contains("container");
         match status.code() {
+            tonic::Code::NotFound | tonic::Code::PermissionDenied
+                if op == "container exec" && !message.starts_with("no container") =>
+            {
+                if status.code() == tonic::Code::NotFound {
+                    GuestError::CommandNotFound { message }
+                } else {
+                    GuestError::NotExecutable { message }
+                }
+            }
+            code @ (tonic::Code::NotFound
+            | tonic::Code::AlreadyExists
+            | tonic::Code::FailedPrecondition)
+                if container_op =>
+            {
+                GuestError::Container { code, message }
+            }
             tonic::Code::NotFound if op == "exec" => GuestError::CommandNotFound { message },
             tonic::Code::PermissionDenied if op == "exec" => GuestError::NotExecutable { message },
             tonic::Code::FailedPrecondition => GuestError::DeniedByPolicy { message },
@@ -181,6 +209,7 @@ impl GuestError {
                 MountErrorKind::Busy => Code::FailedPrecondition,
                 MountErrorKind::MountFailed | MountErrorKind::Unspecified => Code::Internal,
             },
+            GuestError::Container { code, .. } => *code,
             GuestError::Protocol(_) => Code::Internal,
             GuestError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Code::NotFound

@@ -148,6 +148,11 @@ impl Guest {
         self
     }
 
+    /// The bound on one unary RPC.
+    pub fn rpc_timeout(&self) -> Duration {
+        self.rpc_timeout
+    }
+
     /// The VM id.
     pub fn vm_id(&self) -> &str {
         &self.vm_id
@@ -419,7 +424,7 @@ impl Guest {
     }
 
     /// Runs one unary RPC bounded by `timeout`, failing fast on close.
-    async fn call<T, F, Fut>(
+    pub(crate) async fn call<T, F, Fut>(
         &self,
         op: &'static str,
         timeout: Duration,

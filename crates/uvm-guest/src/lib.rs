@@ -17,6 +17,7 @@
 
 mod channels;
 mod config;
+mod containers;
 mod error;
 mod exec_paths;
 mod guest;
@@ -33,9 +34,15 @@ pub use channels::{channel_set, stdout_role, ENTROPY_ROLE, GCS_ROLE, LOG_ROLE};
 pub use config::{
     initial_state, ConfidentialOptions, ConfigOption, InitialState, SecurityPolicy, ShutdownMode,
 };
+pub use containers::{
+    container_rootfs, ContainerInfo, ContainerRootfs, ContainerStatistics, ContainerStatus,
+    CreateContainerRequest, CreateContainerResponse, OverlayRootfs, DELETE_CONTAINER_TIMEOUT,
+};
 pub use error::{GuestError, MountErrorKind};
 pub use exec_paths::{ExecRequest, FIFO_OPEN_TIMEOUT};
 pub use guest::{GcsIo, Guest, Negotiated, DEFAULT_RPC_TIMEOUT};
 pub use logs::{relay_logs, send_entropy, MAX_LOG_LINE};
-pub use process::{ExitOutcome, Process, ProcessOutput, ProcessSpec, ProcessStdin};
+pub use process::{
+    ContainerTarget, ExitOutcome, Process, ProcessExit, ProcessOutput, ProcessSpec, ProcessStdin,
+};
 pub use uvm_proto::gcs::{Capabilities, GuestStats, MountRequest, MountResponse, ScsiAddress};

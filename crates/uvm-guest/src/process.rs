@@ -37,6 +37,31 @@ pub struct ProcessSpec {
     pub terminal: bool,
     /// Initial window size `(rows, cols)` when `terminal`.
     pub window: Option<(u16, u16)>,
+    /// Run in a container instead of the UVM itself; then `args`, `env`
+    /// and `workdir` are ignored (the OCI process says them) and `terminal`
+    /// must match the OCI process's.
+    pub container: Option<ContainerTarget>,
+}
+
+/// Which container a process runs in, and how.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerTarget {
+    /// The container's id.
+    pub id: String,
+    /// Start the container: its init, with the process of the spec given at
+    /// create. Otherwise an exec into the running container.
+    pub init: bool,
+    /// The OCI runtime-spec `process` (JSON) of an exec; empty for `init`.
+    pub oci_process_json: String,
+}
+
+/// How a guest process ended, with what the agent knows beyond the status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessExit {
+    /// Exit code or signal.
+    pub outcome: ExitOutcome,
+    /// A container's process killed by its cgroup's OOM killer.
+    pub oom_killed: bool,
 }
 
 /// How a guest process ended.
@@ -75,7 +100,7 @@ pub struct Process {
     /// Standard error (None when on a terminal).
     pub stderr: Option<ProcessOutput>,
     control: mpsc::Sender<gcs::ExecInput>,
-    exit: Option<oneshot::Receiver<Result<ExitOutcome, GuestError>>>,
+    exit: Option<oneshot::Receiver<Result<ProcessExit, GuestError>>>,
     stdout_on_port: bool,
 }
 
@@ -105,6 +130,11 @@ impl Process {
     /// [`GuestError::Protocol`]. Cancel-safe: a `wait` dropped before the
     /// end leaves the status for the next one.
     pub async fn wait(&mut self) -> Result<ExitOutcome, GuestError> {
+        self.wait_exit().await.map(|e| e.outcome)
+    }
+
+    /// [`Process::wait`], with the OOM flag of a container's process.
+    pub async fn wait_exit(&mut self) -> Result<ProcessExit, GuestError> {
         let rx = self
             .exit
             .as_mut()
@@ -272,9 +302,16 @@ impl Guest {
         let vm_exit = self.vm_exit_watch().clone();
         let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
         let pool = self.stdout_pool().clone();
-        let port = (!spec.terminal && self.capabilities().is_some_and(|c| c.stdout_ports))
-            .then(|| pool.take())
-            .flatten();
+        let op = if spec.container.is_some() {
+            "container exec"
+        } else {
+            "exec"
+        };
+        let port = (!spec.terminal
+            && spec.container.is_none()
+            && self.capabilities().is_some_and(|c| c.stdout_ports))
+        .then(|| pool.take())
+        .flatten();
         let start = gcs::ProcessSpec {
             args: spec.args,
             env: spec.env,
@@ -285,6 +322,11 @@ impl Guest {
                 cols: cols.into(),
             }),
             stdout_port: port.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+            container: spec.container.map(|c| gcs::ContainerProcess {
+                container_id: c.id,
+                init: c.init,
+                oci_process_json: c.oci_process_json,
+            }),
         };
         // Handed back when the agent says it did not use it; retired
         // (drained, never reused) on every other way out, since a process
@@ -304,12 +346,12 @@ impl Guest {
                     if REFUSALS.contains(&s.code()) {
                         port.give_back();
                     }
-                    return Err(vm_exit.explain("exec", s).await);
+                    return Err(vm_exit.explain(op, s).await);
                 }
             };
             let first = match out.message().await {
                 Ok(m) => m,
-                Err(s) => return Err(vm_exit.explain("exec", s).await),
+                Err(s) => return Err(vm_exit.explain(op, s).await),
             };
             match first {
                 Some(gcs::ExecOutput {
@@ -411,7 +453,7 @@ async fn pump(
     mut stdout: Option<mpsc::Sender<Bytes>>,
     mut stderr: Option<mpsc::Sender<Bytes>>,
     raw: Option<RawStdout>,
-    exit: oneshot::Sender<Result<ExitOutcome, GuestError>>,
+    exit: oneshot::Sender<Result<ProcessExit, GuestError>>,
     closed: tokio_util::sync::CancellationToken,
     vm_exit: VmExitWatch,
 ) {
@@ -455,11 +497,16 @@ async fn pump(
                         Err(_) => break Err(GuestError::Protocol("stdout relay failed")),
                     }
                 }
+                let oom_killed = e.oom_killed;
                 break match e.status {
                     Some(exited::Status::ExitCode(c)) => Ok(ExitOutcome::Code(c)),
                     Some(exited::Status::Signal(n)) => Ok(ExitOutcome::Signal(n)),
                     None => Err(GuestError::Protocol("exit status missing")),
-                };
+                }
+                .map(|outcome| ProcessExit {
+                    outcome,
+                    oom_killed,
+                });
             }
             Some(exec_output::Msg::Started(_)) | None => {}
         }
@@ -512,7 +559,12 @@ mod tests {
         };
         let early = tokio::time::timeout(std::time::Duration::from_millis(10), p.wait()).await;
         assert!(early.is_err(), "no status yet");
-        exit_tx.send(Ok(ExitOutcome::Code(3))).unwrap();
+        exit_tx
+            .send(Ok(ProcessExit {
+                outcome: ExitOutcome::Code(3),
+                oom_killed: false,
+            }))
+            .unwrap();
         assert_eq!(p.wait().await.unwrap(), ExitOutcome::Code(3));
         assert!(matches!(p.wait().await, Err(GuestError::Protocol(_))));
     }

@@ -148,6 +148,8 @@ impl gcs_server::Gcs for FakeGcs {
                 // The fake has no virtio ports: stdout always travels in gRPC.
                 stdout_ports: false,
                 mounts: true,
+                // The fake runs no containers: an agent without the capability.
+                containers: false,
             }),
             agent_version: "fake".into(),
             kernel_release: "fake".into(),
@@ -343,4 +345,44 @@ impl gcs_server::Gcs for FakeGcs {
         lock(&self.record).removed_disks.push((a.controller, a.lun));
         Ok(Response::new(gcs::RemoveScsiDiskResponse { removed: true }))
     }
+
+    async fn create_container(
+        &self,
+        _: Request<gcs::CreateContainerRequest>,
+    ) -> Result<Response<gcs::CreateContainerResponse>, Status> {
+        Err(no_containers())
+    }
+
+    async fn signal_container(
+        &self,
+        _: Request<gcs::SignalContainerRequest>,
+    ) -> Result<Response<gcs::SignalContainerResponse>, Status> {
+        Err(no_containers())
+    }
+
+    async fn delete_container(
+        &self,
+        _: Request<gcs::DeleteContainerRequest>,
+    ) -> Result<Response<gcs::DeleteContainerResponse>, Status> {
+        Err(no_containers())
+    }
+
+    async fn container_stats(
+        &self,
+        _: Request<gcs::ContainerStatsRequest>,
+    ) -> Result<Response<gcs::ContainerStatistics>, Status> {
+        Err(no_containers())
+    }
+
+    async fn list_containers(
+        &self,
+        _: Request<gcs::ListContainersRequest>,
+    ) -> Result<Response<gcs::ListContainersResponse>, Status> {
+        Err(no_containers())
+    }
+}
+
+/// What the fake, an agent without the `containers` capability, answers.
+fn no_containers() -> Status {
+    Status::unimplemented("this agent runs no containers")
 }

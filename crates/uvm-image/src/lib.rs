@@ -9,6 +9,9 @@
 //!   for that contract with the agent).
 //! - [`ensure_image`] / [`raw_baseline_image`] put it together into an
 //!   [`Image`], building only what is not cached under [`cache_dir`].
+//! - Container images ([`oci`]): [`unpack_archive`] verifies an OCI layout or
+//!   `docker save` tar and unpacks its layers into a [`LayerCache`];
+//!   [`write_busybox_archive`] writes a small deterministic test image.
 #![warn(missing_docs)]
 
 pub mod cpio;
@@ -18,6 +21,7 @@ mod image;
 mod initramfs;
 mod kernel;
 pub mod modules;
+pub mod oci;
 mod prune;
 
 use std::path::{Path, PathBuf};
@@ -32,6 +36,9 @@ pub use kernel::{
     STOCK_CMDLINE, TUNED_CMDLINE,
 };
 pub use modules::{KernelModules, ResolvedModule};
+pub use oci::{
+    unpack_archive, write_busybox_archive, ArchiveFormat, LayerCache, OciError, UnpackedImage,
+};
 
 /// The cache root: `$UVM_CACHE_DIR`, else `$XDG_CACHE_HOME/uvm`, else
 /// `$HOME/.cache/uvm` (`/tmp/uvm-cache` when even `HOME` is unset).

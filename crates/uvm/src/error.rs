@@ -181,6 +181,20 @@ pub enum Error {
         #[source]
         source: Box<VmmError>,
     },
+    /// A container request cannot be used as given; nothing was changed.
+    #[error("container {id}: {reason}")]
+    InvalidContainer {
+        /// The container's id.
+        id: String,
+        /// Why, as a sentence fragment.
+        reason: String,
+    },
+    /// No container of that id was created through this manager.
+    #[error("container {id} does not exist")]
+    NoSuchContainer {
+        /// The id asked for.
+        id: String,
+    },
     /// `update_memory` got a size outside what the VM can have.
     #[error("memory size {} MiB: must be between {} MiB and the VM's {} MiB", bytes >> 20, min >> 20, max >> 20)]
     InvalidMemory {
@@ -205,7 +219,9 @@ impl Error {
             }
             Error::HostPath { .. }
             | Error::UnknownFileSystem { .. }
-            | Error::InvalidMemory { .. } => Code::InvalidArgument,
+            | Error::InvalidMemory { .. }
+            | Error::InvalidContainer { .. } => Code::InvalidArgument,
+            Error::NoSuchContainer { .. } => Code::NotFound,
             Error::NotAttached { .. } => Code::NotFound,
             Error::DiskMount { source, .. } => source.code(),
             Error::DiskAttach { .. } | Error::DiskDetach { .. } | Error::ShareBind { .. } => {

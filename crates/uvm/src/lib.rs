@@ -48,6 +48,7 @@
 
 mod backend;
 mod channels;
+mod containers;
 mod controller;
 pub mod devices;
 mod error;
@@ -58,6 +59,7 @@ mod start;
 mod state;
 mod stats;
 
+pub use containers::{default_spec, ContainerRootfs, CreatedContainer};
 pub use controller::Controller;
 pub use devices::{DiskMount, ScsiAddress, ShareAttachment};
 pub use error::{Error, ExitError};

@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Boot a UVM, run CMD in it with stdio attached, terminate it, exit with CMD's code.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print a ready-to-run VM document (JSON) for the default image.
     Doc(DocArgs),
     /// Build or show the guest kernel and initramfs.
@@ -56,6 +56,7 @@ impl std::str::FromStr for KernelChoice {
 
 /// `uvmctl run`.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("container").args(["image", "rootfs"]).multiple(false))]
 pub struct RunArgs {
     /// VM document (JSON, HCS v2 schema) to boot instead of the default one.
     #[arg(long, value_name = "FILE")]
@@ -87,9 +88,33 @@ pub struct RunArgs {
     /// Environment variable for CMD (repeatable).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
-    /// Working directory of CMD inside the guest.
-    #[arg(short, long, value_name = "DIR", default_value = "/")]
-    pub workdir: String,
+    /// Working directory of CMD inside the guest (or the container;
+    /// default "/", or the image's WorkingDir).
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Run CMD as a container from this OCI image archive (an OCI image
+    /// layout tar or a `docker save` tar); without CMD, the image's
+    /// entrypoint and cmd. Layers are unpacked once, cached by digest.
+    #[arg(long, value_name = "ARCHIVE", conflicts_with = "rootfs")]
+    pub image: Option<PathBuf>,
+    /// Run CMD as a container whose root is this host directory (shared
+    /// read-write).
+    #[arg(long, value_name = "DIR")]
+    pub rootfs: Option<PathBuf>,
+    /// Container user: UID[:GID] or a name of the image's /etc/passwd
+    /// (default: the image's User, else 0).
+    #[arg(short, long, value_name = "UID[:GID]", requires = "container")]
+    pub user: Option<String>,
+    /// Container memory limit (cgroup memory.max, swap included): bytes or
+    /// with a k/m/g suffix.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "container")]
+    pub memory_limit: Option<u64>,
+    /// Container CPU limit in CPUs (cgroup cpu.max), e.g. 0.5.
+    #[arg(long, value_name = "CPUS", value_parser = parse_cpus, requires = "container")]
+    pub cpus_limit: Option<f64>,
+    /// Container process limit (cgroup pids.max).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..), requires = "container")]
+    pub pids_limit: Option<u32>,
     /// VM id (default: uvmctl-<random>).
     #[arg(long)]
     pub id: Option<String>,
@@ -132,6 +157,15 @@ pub enum ImageCommand {
     },
     /// Show where the image parts are and whether they are built.
     Info,
+    /// Write an OCI image archive (OCI layout tar) of Debian's
+    /// busybox-static, for `uvmctl run --image` when no registry is near.
+    OciBusybox {
+        /// Where to write it.
+        out: PathBuf,
+        /// The static busybox to pack.
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+    },
 }
 
 /// Kernels `image build` can prepare.
@@ -154,6 +188,32 @@ pub struct BenchArgs {
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+/// A byte size: digits with an optional k, m or g (binary) suffix.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix('b').unwrap_or(&t);
+    let (num, shift) = match t.char_indices().last() {
+        Some((i, 'k')) => (&t[..i], 10),
+        Some((i, 'm')) => (&t[..i], 20),
+        Some((i, 'g')) => (&t[..i], 30),
+        _ => (t, 0),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 512m, 1g, 1048576)"))?;
+    n.checked_mul(1 << shift)
+        .filter(|b| *b >= 1 << 20)
+        .ok_or_else(|| format!("{s:?}: a size from 1m up is needed"))
+}
+
+/// A CPU count above 0, e.g. `0.5` or `2`.
+pub fn parse_cpus(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(c) if (0.01..=1024.0).contains(&c) => Ok(c),
+        _ => Err(format!("{s:?} is not a CPU count (0.01 to 1024, e.g. 0.5)")),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -146,7 +146,7 @@ pub async fn doc(args: DocArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `uvmctl image build|info`.
+/// `uvmctl image build|info|oci-busybox`.
 pub async fn image(cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
         ImageCommand::Build { kernel } => {
@@ -160,6 +160,10 @@ pub async fn image(cmd: ImageCommand) -> anyhow::Result<()> {
                 print_image(&img);
             }
             Ok(())
+        }
+        ImageCommand::OciBusybox { out, busybox } => {
+            tokio::task::spawn_blocking(move || crate::container::write_busybox(&busybox, &out))
+                .await?
         }
         ImageCommand::Info => {
             println!("cache:   {}", uvm_image::cache_dir().display());

@@ -2,6 +2,7 @@
 
 mod bench;
 mod cli;
+mod container;
 mod devices;
 mod exit;
 mod image;
@@ -41,7 +42,7 @@ fn main() {
     };
     let code = runtime.block_on(async move {
         let result = match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Doc(args) => image::doc(args).await.map(|()| 0),
             Command::Image(cmd) => image::image(cmd).await.map(|()| 0),
             Command::Bench(args) => bench::bench(args).await.map(|()| 0),

@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
 use uvm::{Controller, CreateOptions, Manager, StartOptions};
-use uvm_guest::{ExitOutcome, GuestError, Process, ProcessSpec};
+use uvm_guest::{GuestError, Process, ProcessExit, ProcessSpec};
 use uvm_image::KernelKind;
 use uvm_schema::ComputeSystem;
 
@@ -20,7 +20,8 @@ use crate::tty::{host_window_size, RawMode};
 
 /// Runs `uvmctl run` and returns the process exit code.
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let interactive_shell = args.cmd.is_empty();
+    let container_mode = args.image.is_some() || args.rootfs.is_some();
+    let interactive_shell = args.cmd.is_empty() && !container_mode;
     if interactive_shell && !std::io::stdin().is_terminal() {
         bail!("no command given (usage: uvmctl run [OPTIONS] -- CMD [ARGS...])");
     }
@@ -37,6 +38,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
     }
 
+    // The image is unpacked (or found cached) before any VM exists, so a
+    // bad archive leaves nothing to clean up.
+    let prepared = if container_mode {
+        Some(crate::container::prepare(&args).await?)
+    } else {
+        None
+    };
     let document = load_document(&args).await?;
     let id = args.id.clone().unwrap_or_else(|| {
         format!(
@@ -63,20 +71,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         interruptible(manager.start_vm(StartOptions::default()), "starting the VM").await?;
         timings.start = Some(t.elapsed());
         crate::devices::attach(&manager, &args.disks, &args.shares).await?;
-        let guest = manager.guest().context("the VM has no guest connection")?;
-        let spec = ProcessSpec {
-            args: cmd.clone(),
-            env: args.env.clone(),
-            workdir: args.workdir.clone(),
-            terminal: tty,
-            window: if tty {
-                host_window_size().map(|(r, c)| (r as u16, c as u16))
-            } else {
-                None
-            },
+        let window = if tty {
+            host_window_size().map(|(r, c)| (r as u16, c as u16))
+        } else {
+            None
         };
         let t = Instant::now();
-        let process = match guest.spawn(spec).await {
+        let started = match &prepared {
+            Some(p) => start_container(&manager, p, &args, &id, tty, window).await?,
+            None => {
+                let guest = manager.guest().context("the VM has no guest connection")?;
+                let spec = ProcessSpec {
+                    args: cmd.clone(),
+                    env: args.env.clone(),
+                    workdir: args.workdir.clone().unwrap_or_else(|| "/".into()),
+                    terminal: tty,
+                    window,
+                    container: None,
+                };
+                guest.spawn(spec).await
+            }
+        };
+        let process = match started {
             Ok(p) => p,
             Err(GuestError::VmExited { reason }) => return Err(stopped_under_command(reason)),
             Err(e) => return Ok(RunEnd::Refused(e)),
@@ -112,7 +128,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         print_report(&timings, args.json);
     }
     Ok(match end {
-        RunEnd::Exited(o) => o.code(),
+        RunEnd::Exited(e) => {
+            if e.oom_killed {
+                eprintln!(
+                    "uvmctl: {}: killed: out of memory (the container's memory limit)",
+                    cmd.first().map_or("the container", |c| c.as_str())
+                );
+            }
+            e.outcome.code()
+        }
         RunEnd::Refused(e) => refused_code(&cmd[0], e)?,
         RunEnd::Interrupted(sig) => exit::signaled(sig),
         RunEnd::TimedOut(d) => {
@@ -126,9 +150,60 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     })
 }
 
+/// Creates and starts the container of `--image`/`--rootfs`. A refusal the
+/// guest explains (command not found, ...) is the inner error; anything
+/// else (a bad spec, a share that failed) is the outer one.
+async fn start_container(
+    manager: &Manager,
+    p: &crate::container::Prepared,
+    args: &RunArgs,
+    id: &str,
+    tty: bool,
+    window: Option<(u16, u16)>,
+) -> anyhow::Result<Result<Process, GuestError>> {
+    let layers = match &p.rootfs {
+        uvm::ContainerRootfs::Layers { layers, .. } => layers.clone(),
+        uvm::ContainerRootfs::Directory { path, .. } => vec![path.clone()],
+    };
+    let pa = crate::container::ProcessArgs {
+        cmd: &args.cmd,
+        env: &args.env,
+        workdir: args.workdir.as_deref(),
+        user: args.user.as_deref(),
+        tty,
+        memory_limit: args.memory_limit,
+        cpus_limit: args.cpus_limit,
+        pids_limit: args.pids_limit,
+        hostname: id,
+    };
+    let mut spec = crate::container::container_spec(p.config.as_ref(), &layers, &pa)?;
+    if let (Some((rows, cols)), Some(proc_)) = (window, spec.process_mut().as_mut()) {
+        let size = oci_spec::runtime::BoxBuilder::default()
+            .height(u64::from(rows))
+            .width(u64::from(cols))
+            .build()?;
+        proc_.set_console_size(Some(size));
+    }
+    const CONTAINER: &str = "main";
+    match manager
+        .create_container(CONTAINER, &spec, p.rootfs.clone())
+        .await
+    {
+        Ok(_) => {}
+        Err(uvm::Error::VmExited { reason, .. }) => return Err(stopped_under_command(reason.0)),
+        Err(e) => return Err(anyhow::Error::new(e).context("creating the container")),
+    }
+    Ok(match manager.start_container(CONTAINER).await {
+        Ok(p) => Ok(p),
+        Err(uvm::Error::Guest { source, .. }) => Err(source),
+        Err(uvm::Error::VmExited { reason, .. }) => Err(GuestError::VmExited { reason: reason.0 }),
+        Err(e) => return Err(anyhow::Error::new(e).context("starting the container")),
+    })
+}
+
 /// How the guest command ended, as far as `run` is concerned.
 enum RunEnd {
-    Exited(ExitOutcome),
+    Exited(ProcessExit),
     Refused(GuestError),
     Interrupted(i32),
     TimedOut(Duration),
@@ -234,7 +309,7 @@ async fn attach(
     tokio::pin!(deadline);
     let end = loop {
         tokio::select! {
-            r = process.wait() => break command_end(r)?,
+            r = process.wait_exit() => break command_end(r)?,
             _ = int.recv() => break RunEnd::Interrupted(libc::SIGINT),
             _ = term.recv() => break RunEnd::Interrupted(libc::SIGTERM),
             _ = &mut deadline => break RunEnd::TimedOut(timeout.unwrap_or_default()),
@@ -248,7 +323,7 @@ async fn attach(
                 // gone: its exit code if the agent reported it first, else
                 // the VM's exit reason (bounded by the guest's exit grace).
                 let bound = uvm::VM_EXIT_GRACE + Duration::from_secs(5);
-                match tokio::time::timeout(bound, process.wait()).await {
+                match tokio::time::timeout(bound, process.wait_exit()).await {
                     Ok(r) => break command_end(r)?,
                     Err(_) => match manager.exit_status().ok().and_then(|s| s.err) {
                         Some(e) => return Err(stopped_under_command(e.0)),
@@ -270,7 +345,7 @@ async fn attach(
 }
 
 /// How the command ended, from its exit status or the reason its stream broke.
-fn command_end(r: Result<ExitOutcome, GuestError>) -> anyhow::Result<RunEnd> {
+fn command_end(r: Result<ProcessExit, GuestError>) -> anyhow::Result<RunEnd> {
     match r {
         Ok(outcome) => Ok(RunEnd::Exited(outcome)),
         Err(GuestError::VmExited { reason }) => Err(stopped_under_command(reason)),

@@ -261,8 +261,9 @@ impl Mounts {
         Ok((String::new(), made))
     }
 
-    /// Mounts the VM's 9p share export at [`SHARES_GUEST_DIR`] unless it is.
-    fn mount_export(&self) -> Result<(), Failure> {
+    /// Mounts the VM's 9p share export at [`SHARES_GUEST_DIR`] unless it is
+    /// (container layers are shares the overlay uses in place).
+    pub fn mount_export(&self) -> Result<(), Failure> {
         let dir = self.at(SHARES_GUEST_DIR);
         if self.is_mount_point(&dir) {
             return Ok(());

@@ -5,6 +5,10 @@ use std::path::Path;
 /// One line of `mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The mount's id.
+    pub id: u32,
+    /// The id of the mount it sits on.
+    pub parent: u32,
     /// `major:minor` of the mounted device.
     pub dev: String,
     /// Where it is mounted (octal escapes decoded).
@@ -19,10 +23,14 @@ pub fn parse(text: &str) -> Vec<Entry> {
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let fields: Vec<&str> = left.split(' ').collect();
+            let id = fields.first()?.parse().ok()?;
+            let parent = fields.get(1)?.parse().ok()?;
             let dev = fields.get(2)?;
             let mount_point = fields.get(4)?;
             let source = right.split(' ').nth(1).unwrap_or_default();
             Some(Entry {
+                id,
+                parent,
                 dev: (*dev).to_string(),
                 mount_point: unescape(mount_point),
                 source: unescape(source),
@@ -46,7 +54,7 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len()
+            && i + 4 <= b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
@@ -74,5 +82,7 @@ mod tests {
         assert_eq!(e[1].dev, "8:0");
         assert_eq!(e[1].mount_point, "/mnt/my disk");
         assert_eq!(e[1].source, "/dev/sda");
+        assert_eq!((e[1].id, e[1].parent), (40, 22));
+        assert_eq!(unescape("a\\040"), "a ");
     }
 }

@@ -84,6 +84,8 @@ pub(crate) struct Devices {
     next_share: u64,
     /// Guest mounts made through the manager, by target.
     mounts: BTreeMap<String, MountSource>,
+    /// Containers made through the manager and the shares they hold.
+    pub(crate) containers: crate::containers::Book,
 }
 
 impl Devices {
@@ -103,7 +105,59 @@ impl Devices {
             shares: BTreeMap::new(),
             next_share: 0,
             mounts: BTreeMap::new(),
+            containers: Default::default(),
         }
+    }
+
+    /// Binds `host` (canonical) into the share export under a fresh name.
+    pub(crate) async fn bind_share(
+        &mut self,
+        vm: &dyn UtilityVm,
+        host: PathBuf,
+        read_only: bool,
+    ) -> Result<ShareAttachment, Error> {
+        let name = format!("s{}", self.next_share);
+        self.next_share += 1;
+        vm.bind_share(&name, &host, read_only)
+            .await
+            .map_err(|source| Error::ShareBind {
+                path: host.clone(),
+                source: Box::new(source),
+            })?;
+        let share = ShareAttachment {
+            guest_path: format!("{}/{name}", uvm_proto::mounts::SHARES_GUEST_DIR),
+            name: name.clone(),
+            host_path: host,
+            read_only,
+        };
+        self.shares.insert(name, share.clone());
+        Ok(share)
+    }
+
+    /// Unmounts the share's guest mounts and removes its host bind.
+    pub(crate) async fn unbind_share(
+        &mut self,
+        guest: &Guest,
+        vm: &dyn UtilityVm,
+        name: &str,
+        rpc_timeout: Duration,
+    ) -> Result<(), Error> {
+        for target in self.mounts_of(&MountSource::Share(name.to_string())) {
+            guest
+                .unmount(&target, rpc_timeout)
+                .await
+                .map_err(|e| Error::guest("unmount", e))?;
+            self.mounts.remove(&target);
+        }
+        let share = self.shares.remove(name).ok_or_else(|| Error::NotAttached {
+            what: format!("share {name:?}"),
+        })?;
+        vm.unbind_share(name)
+            .await
+            .map_err(|source| Error::ShareBind {
+                path: share.host_path,
+                source: Box::new(source),
+            })
     }
 
     fn mounts_of(&self, src: &MountSource) -> Vec<String> {
@@ -131,7 +185,10 @@ fn claim_error(path: &Path, e: ClaimError) -> Error {
 
 impl Inner {
     /// The guest and VM of a Running VM, else the seed's state error.
-    fn running(&self, op: &'static str) -> Result<(Arc<Guest>, Arc<dyn UtilityVm>), Error> {
+    pub(crate) fn running(
+        &self,
+        op: &'static str,
+    ) -> Result<(Arc<Guest>, Arc<dyn UtilityVm>), Error> {
         let guest = self.require_running(op)?;
         let vm = self.vm().ok_or(Error::InvalidState {
             op,
@@ -161,7 +218,7 @@ fn host_file(path: &Path) -> Result<PathBuf, Error> {
 }
 
 impl Manager {
-    fn devices_lock(&self) -> &tokio::sync::Mutex<Option<Devices>> {
+    pub(crate) fn devices_lock(&self) -> &tokio::sync::Mutex<Option<Devices>> {
         &self.inner().devices
     }
 
@@ -382,22 +439,7 @@ impl Manager {
             op: "add_share",
             state: self.inner().state(),
         })?;
-        let name = format!("s{}", d.next_share);
-        d.next_share += 1;
-        vm.bind_share(&name, &host, read_only)
-            .await
-            .map_err(|source| Error::ShareBind {
-                path: host.clone(),
-                source: Box::new(source),
-            })?;
-        let share = ShareAttachment {
-            guest_path: format!("{}/{name}", uvm_proto::mounts::SHARES_GUEST_DIR),
-            name: name.clone(),
-            host_path: host,
-            read_only,
-        };
-        d.shares.insert(name, share.clone());
-        Ok(share)
+        d.bind_share(vm.as_ref(), host, read_only).await
     }
 
     /// Bind-mounts the share `name` at `target` in the guest (read-only when
@@ -447,20 +489,8 @@ impl Manager {
                 what: format!("share {name:?}"),
             });
         }
-        for target in d.mounts_of(&MountSource::Share(name.to_string())) {
-            guest
-                .unmount(&target, self.inner().config.rpc_timeout)
-                .await
-                .map_err(|e| Error::guest("unmount", e))?;
-            d.mounts.remove(&target);
-        }
-        let share = d.shares.remove(name).expect("checked above");
-        vm.unbind_share(name)
+        d.unbind_share(&guest, vm.as_ref(), name, self.inner().config.rpc_timeout)
             .await
-            .map_err(|source| Error::ShareBind {
-                path: share.host_path,
-                source: Box::new(source),
-            })
     }
 
     /// Sets the guest's memory to `bytes` through the balloon and waits

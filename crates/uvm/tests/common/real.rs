@@ -215,8 +215,13 @@ pub struct Finished {
 /// Runs `spec` with stdin closed and collects both outputs (bounded: 120 s).
 #[allow(dead_code)]
 pub async fn run_spec(guest: &uvm_guest::Guest, spec: uvm_guest::ProcessSpec) -> Finished {
+    collect(guest.spawn(spec).await.unwrap()).await.0
+}
+
+/// Closes `p`'s stdin, collects both outputs (bounded: 120 s) and its exit.
+#[allow(dead_code)]
+pub async fn collect(mut p: uvm_guest::Process) -> (Finished, uvm_guest::ProcessExit) {
     use tokio::io::AsyncReadExt;
-    let mut p = guest.spawn(spec).await.unwrap();
     drop(p.stdin.take());
     let mut out = p.stdout.take().unwrap();
     let err = p.stderr.take();
@@ -234,12 +239,14 @@ pub async fn run_spec(guest: &uvm_guest::Guest, spec: uvm_guest::ProcessSpec) ->
     tokio::time::timeout(Duration::from_secs(120), read)
         .await
         .expect("output bounded");
-    Finished {
-        status: p.wait().await.unwrap(),
+    let exit = p.wait_exit().await.unwrap();
+    let f = Finished {
+        status: exit.outcome,
         on_port: p.stdout_on_port(),
         stdout: o,
         stderr: has_stderr.then_some(e),
-    }
+    };
+    (f, exit)
 }
 
 /// [`run_spec`] of `sh -c script`.

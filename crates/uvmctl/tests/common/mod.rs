@@ -44,21 +44,9 @@ impl Sandbox {
         c
     }
 
-    /// Runs `uvmctl ARGS`, feeding `stdin`, bounded by `limit`.
+    /// Runs `uvmctl ARGS`, feeding `stdin`, bounded by 180 s.
     pub fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        let mut c = self.cmd();
-        c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
-        c.stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        });
-        let mut child = c.spawn().expect("spawn uvmctl");
-        if let Some(data) = stdin {
-            let mut w = child.stdin.take().unwrap();
-            w.write_all(data).unwrap();
-        }
-        wait_output(child, Duration::from_secs(180))
+        run_cmd(self.cmd(), args, stdin)
     }
 
     /// QEMU processes whose command line mentions this sandbox.
@@ -109,6 +97,22 @@ impl Drop for Sandbox {
             );
         }
     }
+}
+
+/// Runs `c ARGS`, feeding `stdin`, bounded by 180 s.
+pub fn run_cmd(mut c: Command, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    });
+    let mut child = c.spawn().expect("spawn uvmctl");
+    if let Some(data) = stdin {
+        let mut w = child.stdin.take().unwrap();
+        w.write_all(data).unwrap();
+    }
+    wait_output(child, Duration::from_secs(180))
 }
 
 /// Where test temp dirs go (short paths: unix socket paths are limited).

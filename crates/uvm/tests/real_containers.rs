@@ -1,0 +1,399 @@
+//! Containers in a real VM (issue 15): namespaces, rootfs, mounts, limits,
+//! exec, delete, bad inputs. Every test boots its own VM and checks that
+//! nothing is left behind.
+
+mod common;
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use common::real::{chain, collect, sh, Finished, VmGuard};
+use oci_spec::runtime::{
+    LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder, Process as OciProcess, Spec,
+};
+use uvm::{ContainerRootfs, Controller, Error, Manager};
+use uvm_guest::{ExitOutcome, ProcessExit};
+
+const BUSYBOX: &str = "/bin/busybox";
+const MARKER: &str = "uvm-test-layer\n";
+
+/// A one-layer busybox root: `/bin/busybox`, applet links, a marker file
+/// and the mount points the default spec needs.
+fn busybox_layer(dir: &Path) -> Option<PathBuf> {
+    if !Path::new(BUSYBOX).exists() {
+        return common::real::skip(format!(
+            "{BUSYBOX} is missing (apt-get install busybox-static)"
+        ));
+    }
+    let root = dir.join("layer");
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "mnt", "root"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(BUSYBOX, root.join("bin/busybox")).unwrap();
+    for applet in [
+        "sh", "echo", "cat", "ps", "hostname", "mount", "ls", "id", "sleep", "dd", "true", "grep",
+        "head", "wc", "touch", "mkdir", "rm", "env", "umount",
+    ] {
+        symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("etc/marker"), MARKER).unwrap();
+    Some(root)
+}
+
+/// The default spec running `sh -c script` with `hostname`.
+fn spec(script: &str, hostname: &str) -> Spec {
+    let mut s = uvm::default_spec();
+    s.set_hostname(Some(hostname.to_string()));
+    let p = s.process_mut().as_mut().unwrap();
+    p.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
+    s
+}
+
+fn layers(layer: &Path) -> ContainerRootfs {
+    ContainerRootfs::Layers {
+        layers: vec![layer.to_path_buf()],
+        scratch_bytes: 16 << 20,
+    }
+}
+
+/// Creates, starts and runs container `id` to its end; deletes it.
+async fn run(
+    mgr: &Manager,
+    id: &str,
+    spec: &Spec,
+    rootfs: ContainerRootfs,
+) -> (Finished, ProcessExit) {
+    mgr.create_container(id, spec, rootfs)
+        .await
+        .unwrap_or_else(|e| panic!("create {id}: {}", full(&e)));
+    let p = mgr
+        .start_container(id)
+        .await
+        .unwrap_or_else(|e| panic!("start {id}: {}", full(&e)));
+    let done = collect(p).await;
+    mgr.delete_container(id)
+        .await
+        .unwrap_or_else(|e| panic!("delete {id}: {}", full(&e)));
+    done
+}
+
+async fn exec(mgr: &Manager, id: &str, script: &str) -> (Finished, ProcessExit) {
+    let mut p = OciProcess::default();
+    p.set_terminal(Some(false));
+    p.set_args(Some(vec!["sh".into(), "-c".into(), script.into()]));
+    let proc = mgr
+        .exec_in_container(id, &p)
+        .await
+        .unwrap_or_else(|e| panic!("exec in {id}: {}", full(&e)));
+    collect(proc).await
+}
+
+/// An error and its sources, `a: b: c`.
+fn full(e: &dyn std::error::Error) -> String {
+    format!("{e}: {}", chain(e))
+}
+
+fn files_under(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(p)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_has_its_own_pid_1_hostname_root_and_scratch() {
+    let Some(vm) = VmGuard::boot(512).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path()).unwrap();
+    let before = files_under(&layer);
+    let script = "echo pid=$$; echo host=$(hostname); ps -o pid,comm | grep -v PID | wc -l; \
+                  cat /etc/marker; echo hi > /written; cat /written; mount";
+    let (f, exit) = run(&vm.mgr, "c1", &spec(script, "box1"), layers(&layer)).await;
+    assert_eq!(exit.outcome, ExitOutcome::Code(0), "{f:?}", f = f.stderr);
+    assert!(!exit.oom_killed);
+    let lines: Vec<&str> = f.stdout.lines().collect();
+    assert_eq!(lines[0], "pid=1", "{}", f.stdout);
+    assert_eq!(lines[1], "host=box1");
+    // sh, ps, grep and wc: the agent and the VM's own processes are not seen.
+    assert_eq!(lines[2].trim(), "4", "processes seen: {}", f.stdout);
+    assert_eq!(lines[3], MARKER.trim_end());
+    assert_eq!(lines[4], "hi");
+    let mounts = &f.stdout;
+    assert!(mounts.contains("proc on /proc type proc"), "{mounts}");
+    assert!(mounts.contains("sysfs on /sys type sysfs (ro"), "{mounts}");
+    assert!(mounts.contains("tmpfs on /dev type tmpfs"), "{mounts}");
+    assert!(
+        mounts.contains("devpts on /dev/pts type devpts"),
+        "{mounts}"
+    );
+    assert!(mounts.contains("on /dev/shm type tmpfs"), "{mounts}");
+    // The write went to the scratch, not to the host's layer.
+    assert_eq!(files_under(&layer), before);
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_joins_a_running_container_and_delete_removes_everything() {
+    let Some(vm) = VmGuard::boot(512).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path()).unwrap();
+    let mgr = &vm.mgr;
+    for (id, host) in [("a", "host-a"), ("b", "host-b")] {
+        let s = spec(
+            &format!("echo only-{id} > /only-{id}; exec sleep 600"),
+            host,
+        );
+        mgr.create_container(id, &s, layers(&layer)).await.unwrap();
+        let p = mgr.start_container(id).await.unwrap();
+        std::mem::forget(p.stdin); // keep stdin open; the container runs on
+        tokio::spawn(async move { collect_later(p.stdout).await });
+    }
+    let (f, exit) = exec(
+        mgr,
+        "a",
+        "hostname; cat /proc/self/cgroup; grep -qx $$ /sys/fs/cgroup/cgroup.procs && echo in-cgroup; \
+         ls /; ps -o comm | grep -c sleep",
+    )
+    .await;
+    assert_eq!(exit.outcome, ExitOutcome::Code(0), "{:?}", f.stderr);
+    let lines: Vec<&str> = f.stdout.lines().collect();
+    assert_eq!(lines[0], "host-a");
+    // The root of its cgroup namespace, which is the container's cgroup.
+    assert_eq!(lines[1], "0::/");
+    assert_eq!(lines[2], "in-cgroup");
+    assert!(
+        f.stdout.contains("only-a") && !f.stdout.contains("only-b"),
+        "{}",
+        f.stdout
+    );
+    // a's own sleep, not b's.
+    assert_eq!(lines.last().unwrap().trim(), "1", "{}", f.stdout);
+    let listed = mgr.list_containers().await.unwrap();
+    assert_eq!(
+        listed.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let stats = mgr.container_stats("a").await.unwrap();
+    assert!(
+        stats.memory_current_bytes > 0 && stats.pids_current >= 1,
+        "{stats:?}"
+    );
+    mgr.delete_container("a").await.unwrap();
+    let guest = mgr.guest().unwrap();
+    let view = sh(
+        &guest,
+        "grep -c /run/uvm/containers/a/ /proc/mounts; \
+                           ls -d /sys/fs/cgroup/uvm/a /run/uvm/containers/a 2>&1; \
+                           ls -d /sys/fs/cgroup/uvm/*/",
+    )
+    .await;
+    assert!(
+        view.stdout.starts_with("0\n"),
+        "mounts left: {}",
+        view.stdout
+    );
+    assert_eq!(
+        view.stdout.matches("No such file").count(),
+        2,
+        "{}",
+        view.stdout
+    );
+    assert!(
+        view.stdout.trim_end().ends_with("/uvm/b/"),
+        "{}",
+        view.stdout
+    );
+    mgr.delete_container("b").await.unwrap();
+    assert!(mgr.list_containers().await.unwrap().is_empty());
+    assert!(matches!(
+        mgr.exec_in_container("a", &OciProcess::default()).await,
+        Err(Error::NoSuchContainer { .. })
+    ));
+    vm.finish().await;
+}
+
+async fn collect_later(out: Option<uvm_guest::ProcessOutput>) {
+    use tokio::io::AsyncReadExt;
+    if let Some(mut o) = out {
+        let mut s = String::new();
+        let _ = o.read_to_string(&mut s).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_oom_pids_and_capabilities_are_enforced() {
+    let Some(vm) = VmGuard::boot(512).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path()).unwrap();
+    let mgr = &vm.mgr;
+    let mut s = spec("dd if=/dev/zero of=/dev/null bs=64M count=1", "oom");
+    let res = LinuxResourcesBuilder::default()
+        .memory(
+            LinuxMemoryBuilder::default()
+                .limit(32i64 << 20)
+                .swap(32i64 << 20)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    s.linux_mut().as_mut().unwrap().set_resources(Some(res));
+    let (f, exit) = run(mgr, "oom", &s, layers(&layer)).await;
+    assert_eq!(exit.outcome, ExitOutcome::Signal(9), "{:?}", f.stderr);
+    assert_eq!(exit.outcome.code(), 137);
+    assert!(exit.oom_killed, "the kill is reported as an OOM kill");
+
+    let mut s = spec("for i in 1 2 3 4 5 6 7 8; do sleep 2 & done; wait", "pids");
+    let res = LinuxResourcesBuilder::default()
+        .pids(LinuxPidsBuilder::default().limit(4).build().unwrap())
+        .build()
+        .unwrap();
+    s.linux_mut().as_mut().unwrap().set_resources(Some(res));
+    let mgr2 = mgr.clone();
+    mgr.create_container("pids", &s, layers(&layer))
+        .await
+        .unwrap();
+    let p = mgr.start_container("pids").await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let stats = mgr.container_stats("pids").await.unwrap();
+    let (f, _) = collect(p).await;
+    mgr2.delete_container("pids").await.unwrap();
+    assert_eq!(stats.pids_limit, 4, "{stats:?}");
+    assert!(stats.pids_current <= 4, "{stats:?}");
+    let err = f.stderr.clone().unwrap_or_default();
+    assert!(
+        err.contains("fork"),
+        "forks beyond pids.max fail: {err:?} {:?}",
+        f.stdout
+    );
+
+    // uid 0 without CAP_SYS_ADMIN (the default set) cannot mount.
+    let s = spec("id -u; mount -t tmpfs t /mnt", "caps");
+    let (f, exit) = run(mgr, "caps", &s, layers(&layer)).await;
+    assert_eq!(f.stdout.trim(), "0");
+    assert_ne!(exit.outcome, ExitOutcome::Code(0));
+    let err = f.stderr.as_deref().unwrap_or("").to_lowercase();
+    assert!(
+        err.contains("permission denied") || err.contains("not permitted"),
+        "{err}"
+    );
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_container_inputs_are_clear_errors_and_the_vm_stays_usable() {
+    let Some(vm) = VmGuard::boot(512).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path()).unwrap();
+    let mgr = &vm.mgr;
+    let mut no_args = spec("true", "x");
+    no_args.process_mut().as_mut().unwrap().set_args(None);
+    let e = mgr
+        .create_container("bad", &no_args, layers(&layer))
+        .await
+        .unwrap_err();
+    assert!(full(&e).contains("process.args"), "{}", full(&e));
+
+    let rel = ContainerRootfs::Directory {
+        path: "rel/root".into(),
+        read_only: true,
+    };
+    let e = mgr
+        .create_container("bad", &spec("true", "x"), rel)
+        .await
+        .unwrap_err();
+    assert!(
+        full(&e).contains("must be an absolute path"),
+        "{}",
+        full(&e)
+    );
+
+    let missing = ContainerRootfs::Layers {
+        layers: vec![dir.path().join("nope")],
+        scratch_bytes: 0,
+    };
+    let e = mgr
+        .create_container("bad", &spec("true", "x"), missing)
+        .await
+        .unwrap_err();
+    assert!(
+        full(&e).contains("image layer 0") && full(&e).contains("nope"),
+        "{}",
+        full(&e)
+    );
+
+    let mut net = spec("true", "x");
+    let mut ns = net.linux().as_ref().unwrap().namespaces().clone().unwrap();
+    ns.push(
+        oci_spec::runtime::LinuxNamespaceBuilder::default()
+            .typ(oci_spec::runtime::LinuxNamespaceType::Network)
+            .build()
+            .unwrap(),
+    );
+    net.linux_mut().as_mut().unwrap().set_namespaces(Some(ns));
+    let e = mgr
+        .create_container("bad", &net, layers(&layer))
+        .await
+        .unwrap_err();
+    assert!(
+        full(&e).contains("network namespaces are not supported"),
+        "{}",
+        full(&e)
+    );
+
+    // An unknown namespace type, as raw JSON the typed spec cannot hold.
+    let mut json: serde_json::Value = serde_json::to_value(spec("true", "x")).unwrap();
+    json["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "bogus"}));
+    let guest = mgr.guest().unwrap();
+    let req = uvm_guest::CreateContainerRequest {
+        id: "bad".into(),
+        oci_spec_json: json.to_string(),
+        rootfs: Some(uvm_guest::ContainerRootfs {
+            source: Some(uvm_guest::container_rootfs::Source::Directory("/".into())),
+        }),
+    };
+    let e = guest
+        .create_container(req, std::time::Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("linux.namespaces[") || full(&e).contains("linux.namespaces["),
+        "{}",
+        full(&e)
+    );
+
+    let mut missing_exe = spec("true", "x");
+    missing_exe
+        .process_mut()
+        .as_mut()
+        .unwrap()
+        .set_args(Some(vec!["/no/such".into()]));
+    mgr.create_container("noexe", &missing_exe, layers(&layer))
+        .await
+        .unwrap();
+    let e = mgr.start_container("noexe").await.unwrap_err();
+    assert_eq!(e.cli_exit_code(), 127, "{}", full(&e));
+    mgr.delete_container("noexe").await.unwrap();
+
+    assert!(mgr.list_containers().await.unwrap().is_empty());
+    let (f, exit) = run(mgr, "ok", &spec("echo fine", "ok"), layers(&layer)).await;
+    assert_eq!(
+        (f.stdout.as_str(), exit.outcome),
+        ("fine\n", ExitOutcome::Code(0))
+    );
+    assert!(vm.mgr.shares().await.is_empty(), "every share released");
+    vm.finish().await;
+}
