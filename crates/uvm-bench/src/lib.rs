@@ -1,12 +1,14 @@
 //! Benchmarks of the uvm lifecycle, each next to its baseline or peer
 //! (DESIGN §9): boot vs raw QEMU boot to the first guest byte, exec vs
 //! qemu-guest-agent, stdout vs raw virtio-serial, terminate and stats
-//! latency, idle memory and density.
+//! latency, idle memory and density, runtime devices, and containers vs a
+//! plain exec.
 //!
 //! Baselines run interleaved with ours in the same process, with the same
 //! kernel, machine type, memory and accelerator. `uvmctl bench` calls [`run`].
 #![warn(missing_docs)]
 
+pub mod container;
 pub mod density;
 pub mod hostfs;
 pub mod hotplug;
@@ -65,6 +67,24 @@ pub enum BenchError {
     /// uvm-image could not provide an image.
     #[error("image")]
     ImageBuild(#[from] uvm_image::Error),
+    /// A call on the guest connection failed.
+    #[error("guest {what} failed")]
+    Guest {
+        /// The call.
+        what: &'static str,
+        /// The cause.
+        #[source]
+        source: uvm_guest::GuestError,
+    },
+    /// An OCI image step failed.
+    #[error("OCI image: {what}")]
+    Oci {
+        /// The step.
+        what: &'static str,
+        /// The cause (boxed: it is large).
+        #[source]
+        source: Box<uvm_image::OciError>,
+    },
     /// The controller under test failed.
     #[error("controller {what} failed")]
     Controller {
@@ -115,7 +135,20 @@ pub struct BenchOptions {
     /// TCG translation-cache cap for the raw baselines; defaults to the
     /// backend's (`uvm_vmm::QemuConfig::tb_size_mb`) so both sides match.
     pub tb_size_mb: Option<u32>,
+    /// Sections to run (names of [`SECTIONS`]); empty: all.
+    pub only: Vec<String>,
 }
+
+/// The sections of a run, as `--only` names them.
+pub const SECTIONS: &[&str] = &[
+    "boot",
+    "exec",
+    "stdout",
+    "hotplug",
+    "container",
+    "memory",
+    "density",
+];
 
 impl BenchOptions {
     /// `uvmctl bench --quick`: 3 runs, tuned kernel, 32 MiB, density 1/2/4.
@@ -132,7 +165,21 @@ impl BenchOptions {
             floor_iterations: 200,
             cpus: 1,
             tb_size_mb: Some(uvm_vmm::QemuConfig::default().tb_size_mb),
+            only: Vec::new(),
         }
+    }
+
+    /// These options running only `sections` (empty: all).
+    pub fn only(self, sections: Vec<String>) -> Self {
+        BenchOptions {
+            only: sections,
+            ..self
+        }
+    }
+
+    /// Whether `section` (one of [`SECTIONS`]) runs.
+    pub fn wants(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
     }
 
     /// `uvmctl bench`: 10 runs, both kernels, 256 MiB, density 1..16.

@@ -117,6 +117,7 @@ impl OurVm {
             stdin: stdin.map(Path::to_path_buf),
             stdout: stdout.map(Path::to_path_buf),
             stderr: None,
+            container: None,
         };
         let t = Instant::now();
         let code = bounded("exec_into_host", self.mgr.exec_into_host(req)).await?;

@@ -226,6 +226,8 @@ pub struct Report {
     pub density: Vec<Density>,
     /// Runtime devices.
     pub hotplug: Option<crate::hotplug::Hotplug>,
+    /// Containers next to a plain exec in the UVM.
+    pub container: Option<crate::container::ContainerBench>,
     /// Sections that failed, `section: error` (nothing hidden).
     pub errors: Vec<String>,
 }
@@ -390,6 +392,67 @@ impl Report {
                 h.read_9p_mib_s.zip(h.read_scsi_mib_s).map(|(a, b)| a / b),
             );
         }
+        if let Some(c) = &self.container {
+            // The plain exec in the UVM itself is the baseline.
+            let (cs, pe) = (&c.create_start, &c.plain_exec);
+            row(
+                "container create+start `true` ms",
+                cs.median_ms,
+                cs.p90_ms,
+                pe.median_ms,
+                pe.p90_ms,
+                ratio(cs.median_ms, pe.median_ms),
+            );
+            for (name, l) in [
+                ("  create_container ms", &c.create),
+                ("  start_container to exit ms", &c.start),
+                ("  of which start_container call ms", &c.start_call),
+                ("  delete_container ms", &c.delete),
+            ] {
+                row(name, l.median_ms, l.p90_ms, None, None, None);
+            }
+            row(
+                "  exec in container `true` ms",
+                c.exec.median_ms,
+                c.exec.p90_ms,
+                pe.median_ms,
+                pe.p90_ms,
+                ratio(c.exec.median_ms, pe.median_ms),
+            );
+            row(
+                "  exec_into_host `true` ms",
+                c.exec_into_host.median_ms,
+                c.exec_into_host.p90_ms,
+                None,
+                None,
+                None,
+            );
+            row(
+                "  first container after boot (n=1)",
+                c.first_container_after_boot_ms,
+                None,
+                None,
+                None,
+                None,
+            );
+            let i = &c.image;
+            row(
+                &format!("  image unpack ms ({} layers)", i.layers),
+                i.first_unpack_ms,
+                None,
+                None,
+                None,
+                None,
+            );
+            row(
+                "  image unpack again (cached) ms",
+                i.second_unpack_ms,
+                None,
+                None,
+                None,
+                None,
+            );
+        }
         if let Some(mem) = &self.memory {
             for m in &mem.rss_mib {
                 let name = format!("idle RSS MiB, {} MiB guest", m.guest_mb);
@@ -421,6 +484,23 @@ impl Report {
                 t,
                 "stdout: both sides run rawinit's static 64 KiB writer (or dd); host files in {}",
                 s.sink
+            );
+        }
+        if let Some(c) = &self.container {
+            let i = &c.image;
+            let met = match c.goal_met {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "not judged",
+            };
+            let _ = writeln!(
+                t,
+                "container: +{} ms over the plain exec; goal {}: {met}; layers unpacked {} then {}; first VM boot {} ms",
+                f(c.create_start_over_exec_ms),
+                c.goal,
+                i.unpacked_first,
+                i.unpacked_second,
+                f(c.first_vm_boot_ms),
             );
         }
         for d in &self.density {

@@ -89,3 +89,78 @@ fn json_has_design_keys() {
         "{p9}"
     );
 }
+
+#[test]
+fn container_section_in_json_and_table() {
+    use crate::container::{ContainerBench, ImageUnpack};
+    let absent = Report::default();
+    assert!(!absent.table().contains("container create+start"));
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&absent.to_json()).unwrap()["container"]
+            .is_null()
+    );
+    let rep = Report {
+        container: Some(ContainerBench {
+            create_start_median_ms: Some(40.0),
+            exec_median_ms: Some(12.0),
+            first_container_after_boot_ms: Some(90.0),
+            plain_exec_median_ms: Some(10.0),
+            create_start_over_exec_ms: Some(30.0),
+            create_start: Latency::of(&[40.0]),
+            plain_exec: Latency::of(&[10.0]),
+            exec: Latency::of(&[12.0]),
+            image: ImageUnpack {
+                layers: 1,
+                unpacked_first: 1,
+                unpacked_second: 0,
+                ..Default::default()
+            },
+            goal: "create+start ≤ 30 ms over a plain exec (TCG)".into(),
+            goal_met: Some(true),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let v: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
+    for k in [
+        "create_start_median_ms",
+        "exec_median_ms",
+        "first_container_after_boot_ms",
+        "plain_exec_median_ms",
+        "create_start_over_exec_ms",
+        "create_median_ms",
+        "start_median_ms",
+        "delete_median_ms",
+        "goal",
+        "goal_met",
+    ] {
+        assert!(v["container"].get(k).is_some(), "container.{k}");
+    }
+    for k in [
+        "first_unpack_ms",
+        "second_unpack_ms",
+        "layers",
+        "unpacked_first",
+        "unpacked_second",
+    ] {
+        assert!(
+            v["container"]["image"].get(k).is_some(),
+            "container.image.{k}"
+        );
+    }
+    assert_eq!(v["container"]["create_start_median_ms"], 40.0);
+    assert_eq!(v["container"]["image"]["unpacked_second"], 0);
+    let table = rep.table();
+    let cs = table
+        .lines()
+        .find(|l| l.contains("container create+start"))
+        .expect("container row");
+    assert!(
+        cs.contains("40.0") && cs.contains("10.0") && cs.contains("4.00x"),
+        "{cs}"
+    );
+    assert!(table.contains("first container after boot"), "{table}");
+    assert!(table.contains("+30.0 ms over the plain exec"), "{table}");
+    assert!(table.contains(": met;"), "{table}");
+    assert!(table.contains("layers unpacked 1 then 0"), "{table}");
+}

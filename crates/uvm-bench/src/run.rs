@@ -50,9 +50,11 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
         .tempdir()
         .map_err(|e| BenchError::io("temp dir", e))?;
     let qga_initrd = tmp.path().join("qga.cpio");
-    qga_image::build(&qga_initrd)?;
+    if opts.wants("exec") || opts.wants("memory") {
+        qga_image::build(&qga_initrd)?;
+    }
 
-    for kind in &opts.kernels {
+    for kind in opts.kernels.iter().filter(|_| opts.wants("boot")) {
         let name = setup::kind_name(kind);
         let r = boot_section(opts, kind, &mut rep).await;
         match r {
@@ -68,32 +70,57 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     let mem = opts.memory_mb;
     let base = setup::baseline(&raw_img, &raw_img.initrd, opts, mem);
     let peer = setup::baseline(&raw_img, &qga_initrd, opts, mem);
-    match OurVm::boot("bench-exec", &ours_img, mem, opts.cpus).await {
-        Ok(vm) => {
-            match exec_section(opts, &vm, &peer, tmp.path()).await {
-                Ok((e, s)) => (rep.exec, rep.stats) = (Some(e), Some(s)),
-                Err(e) => rep.errors.push(format!("exec: {}", chain(&e))),
+    let on_vm = ["exec", "stdout", "hotplug", "container"];
+    if on_vm.iter().any(|s| opts.wants(s)) {
+        match OurVm::boot("bench-exec", &ours_img, mem, opts.cpus).await {
+            Ok(vm) => {
+                if opts.wants("exec") {
+                    match exec_section(opts, &vm, &peer, tmp.path()).await {
+                        Ok((e, s)) => (rep.exec, rep.stats) = (Some(e), Some(s)),
+                        Err(e) => rep.errors.push(format!("exec: {}", chain(&e))),
+                    }
+                }
+                if opts.wants("stdout") {
+                    match stdout_section(opts, &vm, &base, tmp.path()).await {
+                        Ok(t) => rep.stdout_throughput = Some(t),
+                        Err(e) => rep.errors.push(format!("stdout_throughput: {}", chain(&e))),
+                    }
+                }
+                if opts.wants("hotplug") {
+                    let size = if opts.quick { 16 } else { 64 };
+                    match crate::hotplug::section(&vm, opts.runs, size, tmp.path()).await {
+                        Ok(h) => rep.hotplug = Some(h),
+                        Err(e) => rep.errors.push(format!("hotplug: {}", chain(&e))),
+                    }
+                }
+                if opts.wants("container") {
+                    match crate::container::section(&vm, &ours_img, opts, tmp.path()).await {
+                        Ok(c) => {
+                            if c.image.unpacked_second != 0 {
+                                rep.errors.push(format!(
+                                    "container: the second unpack of the image unpacked {} layers (0 expected: cached)",
+                                    c.image.unpacked_second
+                                ));
+                            }
+                            rep.container = Some(c);
+                        }
+                        Err(e) => rep.errors.push(format!("container: {}", chain(&e))),
+                    }
+                }
+                if let Err(e) = vm.terminate().await {
+                    rep.errors.push(format!("terminate: {}", chain(&e)));
+                }
             }
-            match stdout_section(opts, &vm, &base, tmp.path()).await {
-                Ok(t) => rep.stdout_throughput = Some(t),
-                Err(e) => rep.errors.push(format!("stdout_throughput: {}", chain(&e))),
-            }
-            let size = if opts.quick { 16 } else { 64 };
-            match crate::hotplug::section(&vm, opts.runs, size, tmp.path()).await {
-                Ok(h) => rep.hotplug = Some(h),
-                Err(e) => rep.errors.push(format!("hotplug: {}", chain(&e))),
-            }
-            if let Err(e) = vm.terminate().await {
-                rep.errors.push(format!("terminate: {}", chain(&e)));
-            }
+            Err(e) => rep.errors.push(format!("exec/stdout boot: {}", chain(&e))),
         }
-        Err(e) => rep.errors.push(format!("exec/stdout boot: {}", chain(&e))),
     }
-    match memory_section(opts, &ours_img, &raw_img, &qga_initrd).await {
-        Ok(m) => rep.memory = Some(m),
-        Err(e) => rep.errors.push(format!("memory: {}", chain(&e))),
+    if opts.wants("memory") {
+        match memory_section(opts, &ours_img, &raw_img, &qga_initrd).await {
+            Ok(m) => rep.memory = Some(m),
+            Err(e) => rep.errors.push(format!("memory: {}", chain(&e))),
+        }
     }
-    for &n in &opts.density_counts {
+    for &n in opts.density_counts.iter().filter(|_| opts.wants("density")) {
         rep.density
             .push(crate::density::step(n, &ours_img, opts).await);
     }

@@ -11,6 +11,7 @@ pub async fn bench(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         uvm_bench::BenchOptions::full()
     };
+    let opts = opts.only(args.only);
     let report = uvm_bench::run(&opts).await.context("benchmark")?;
     println!("{}", report.table());
     if let Some(path) = &args.json {

@@ -188,6 +188,9 @@ pub struct BenchArgs {
     /// Also write the results as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Run only these sections (comma-separated; default: all).
+    #[arg(long, value_name = "SECTION[,SECTION]", value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(uvm_bench::SECTIONS))]
+    pub only: Vec<String>,
 }
 
 /// A byte size: digits with an optional k, m or g (binary) suffix.
