@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::unix::pipe;
 
-use crate::process::{ProcessOutput, ProcessSpec};
+use crate::process::{ContainerTarget, ProcessOutput, ProcessSpec};
 use crate::{Guest, GuestError};
 
 /// How long opening a FIFO may wait for its peer.
@@ -31,6 +31,10 @@ pub struct ExecRequest {
     pub stdout: Option<PathBuf>,
     /// Receives the process's stderr.
     pub stderr: Option<PathBuf>,
+    /// Run it in a container (its init, or an exec with an OCI process);
+    /// `args` and `workdir` are then not used, and `terminal` must be the
+    /// OCI process's.
+    pub container: Option<ContainerTarget>,
 }
 
 type Reader = Box<dyn AsyncRead + Send + Unpin>;
@@ -60,6 +64,7 @@ impl Guest {
             args: req.args.clone(),
             workdir: req.workdir.clone(),
             terminal: req.terminal,
+            container: req.container.clone(),
             ..Default::default()
         };
         let mut proc = self.spawn(spec).await?;

@@ -397,3 +397,85 @@ async fn bad_container_inputs_are_clear_errors_and_the_vm_stays_usable() {
     assert!(vm.mgr.shares().await.is_empty(), "every share released");
     vm.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_stdio_takes_host_paths_a_terminal_and_resizes() {
+    let Some(vm) = VmGuard::boot(512).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path()).unwrap();
+    let mgr = &vm.mgr;
+
+    // Host files as stdio, through exec_into_host, for the init and an exec.
+    let (input, output) = (dir.path().join("in"), dir.path().join("out"));
+    std::fs::write(&input, "from the host\n").unwrap();
+    mgr.create_container("p", &spec("cat; echo done", "p"), layers(&layer))
+        .await
+        .unwrap();
+    let init = uvm::ExecRequest {
+        stdin: Some(input.clone()),
+        stdout: Some(output.clone()),
+        container: Some(uvm_guest::ContainerTarget {
+            id: "p".into(),
+            init: true,
+            oci_process_json: String::new(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(mgr.exec_into_host(init).await.unwrap(), 0);
+    assert_eq!(
+        std::fs::read_to_string(&output).unwrap(),
+        "from the host\ndone\n"
+    );
+    mgr.delete_container("p").await.unwrap();
+
+    // A terminal: the init's is /dev/console at the spec's size, and resizes.
+    let mut s = spec("tty; stty size; read line; stty size", "t");
+    let p = s.process_mut().as_mut().unwrap();
+    p.set_terminal(Some(true));
+    p.set_console_size(Some(
+        oci_spec::runtime::BoxBuilder::default()
+            .height(30u64)
+            .width(100u64)
+            .build()
+            .unwrap(),
+    ));
+    mgr.create_container("t", &s, layers(&layer)).await.unwrap();
+    let mut proc = mgr.start_container("t").await.unwrap();
+    assert!(
+        proc.stderr.is_none(),
+        "a terminal merges stderr into stdout"
+    );
+    let mut out = proc.stdout.take().unwrap();
+    let mut seen = String::new();
+    read_until(&mut out, &mut seen, "30 100").await;
+    assert!(seen.contains("/dev/console"), "{seen:?}");
+    proc.resize(40, 120).await.unwrap();
+    let mut stdin = proc.stdin.take().unwrap();
+    stdin
+        .send(bytes::Bytes::from_static(b"go\n"))
+        .await
+        .unwrap();
+    read_until(&mut out, &mut seen, "40 120").await;
+    stdin.close().await.unwrap();
+    assert_eq!(proc.wait().await.unwrap(), ExitOutcome::Code(0));
+    mgr.delete_container("t").await.unwrap();
+    vm.finish().await;
+}
+
+/// Reads `out` into `seen` until it holds `want` (bounded: 60 s).
+async fn read_until(out: &mut uvm_guest::ProcessOutput, seen: &mut String, want: &str) {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut buf = [0u8; 4096];
+        while !seen.contains(want) {
+            let n = out.read(&mut buf).await.unwrap();
+            assert!(n > 0, "output ended before {want:?}: {seen:?}");
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(60), read)
+        .await
+        .expect("output bounded");
+}
