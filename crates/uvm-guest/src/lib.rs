@@ -43,6 +43,7 @@ pub use exec_paths::{ExecRequest, FIFO_OPEN_TIMEOUT};
 pub use guest::{GcsIo, Guest, Negotiated, DEFAULT_RPC_TIMEOUT};
 pub use logs::{relay_logs, send_entropy, MAX_LOG_LINE};
 pub use process::{
-    ContainerTarget, ExitOutcome, Process, ProcessExit, ProcessOutput, ProcessSpec, ProcessStdin,
+    ContainerTarget, ExitOutcome, Process, ProcessControl, ProcessExit, ProcessOutput, ProcessSpec,
+    ProcessStdin,
 };
 pub use uvm_proto::gcs::{Capabilities, GuestStats, MountRequest, MountResponse, ScsiAddress};

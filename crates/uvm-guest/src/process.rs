@@ -112,17 +112,20 @@ impl Process {
 
     /// Sends signal `signal` to the process.
     pub async fn signal(&self, signal: i32) -> Result<(), GuestError> {
-        self.send(exec_input::Msg::Signal(gcs::Signal { signal }))
-            .await
+        self.control().signal(signal).await
     }
 
     /// Resizes the process's terminal.
     pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), GuestError> {
-        let ws = gcs::WindowSize {
-            rows: rows.into(),
-            cols: cols.into(),
-        };
-        self.send(exec_input::Msg::Resize(ws)).await
+        self.control().resize(rows, cols).await
+    }
+
+    /// A handle that signals or resizes the process while another task
+    /// owns it (and waits on it).
+    pub fn control(&self) -> ProcessControl {
+        ProcessControl {
+            control: self.control.clone(),
+        }
     }
 
     /// Waits for the process to end. Errors if the stream broke before the
@@ -144,6 +147,29 @@ impl Process {
         )));
         self.exit = None;
         r
+    }
+}
+
+/// Signals or resizes a running process; cheap to clone (see [`Process::control`]).
+#[derive(Debug, Clone)]
+pub struct ProcessControl {
+    control: mpsc::Sender<gcs::ExecInput>,
+}
+
+impl ProcessControl {
+    /// Sends signal `signal` to the process.
+    pub async fn signal(&self, signal: i32) -> Result<(), GuestError> {
+        self.send(exec_input::Msg::Signal(gcs::Signal { signal }))
+            .await
+    }
+
+    /// Resizes the process's terminal.
+    pub async fn resize(&self, rows: u16, cols: u16) -> Result<(), GuestError> {
+        let ws = gcs::WindowSize {
+            rows: rows.into(),
+            cols: cols.into(),
+        };
+        self.send(exec_input::Msg::Resize(ws)).await
     }
 
     async fn send(&self, msg: exec_input::Msg) -> Result<(), GuestError> {

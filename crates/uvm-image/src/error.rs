@@ -23,6 +23,20 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// No default image has been recorded yet.
+    #[error("no default UVM image recorded at {path}; fix: run `uvmctl image build` (as the user the caller runs as), or name kernel and initrd in the runtime config")]
+    NoDefaultImage {
+        /// Where the record was looked for.
+        path: PathBuf,
+    },
+    /// The default image record names a file that is gone.
+    #[error("the default UVM image record {record} names {missing}, which no longer exists; fix: run `uvmctl image build` again")]
+    DefaultImageStale {
+        /// The record.
+        record: PathBuf,
+        /// The missing file.
+        missing: PathBuf,
+    },
     /// A helper program could not be started.
     #[error("cannot run {program}")]
     Spawn {

@@ -15,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod cpio;
+mod default_image;
 mod error;
 mod host;
 mod image;
@@ -26,6 +27,9 @@ mod prune;
 
 use std::path::{Path, PathBuf};
 
+pub use default_image::{
+    load_default_image, record_default_image, DefaultImage, DEFAULT_IMAGE_RECORD,
+};
 pub use error::{Error, Result};
 pub use host::{locate_agent, locate_busybox};
 pub use image::{compile_rawinit, ensure_image, raw_baseline_image, Image, RAWINIT_SOURCE};

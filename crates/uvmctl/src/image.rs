@@ -156,8 +156,15 @@ pub async fn image(cmd: ImageCommand) -> anyhow::Result<()> {
                 ImageKernel::All => vec![KernelKind::Tuned, KernelKind::Stock],
             };
             for kind in kinds {
+                let tuned = kind == KernelKind::Tuned;
                 let img = ensure_image(kind).await?;
                 print_image(&img);
+                if tuned {
+                    // The containerd shim boots this image when its runtime
+                    // config names none.
+                    let record = uvm_image::record_default_image(&uvm_image::cache_dir(), &img)?;
+                    println!("default: {}", record.display());
+                }
             }
             Ok(())
         }
