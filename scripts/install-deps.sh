@@ -17,6 +17,9 @@ want qemu-guest-agent     # benchmark peer
 want qemu-utils           # qemu-img: disk images in tests
 want e2fsprogs            # mkfs.ext4, debugfs: disk images for the runtime device tests
 want squashfs-tools; want erofs-utils   # read-only images (mksquashfs, mkfs.erofs) for the device tests
+want containerd           # the containerd shim tests run their own (ctr is the client)
+want bsdutils             # script(1): a terminal for `ctr run -t` in the shim tests
+want runc                 # the containerd benchmark baseline (io.containerd.runc.v2)
 # Kernel source for the tuned guest kernel, and a stock kernel image.
 if [ -r /etc/debian_version ] && grep -q '^12' /etc/debian_version; then
   want linux-source-6.1

@@ -1,0 +1,374 @@
+//! A real containerd of the test's own: its root, state, sockets, FIFOs
+//! and config under a temp dir (never the system's `/run/containerd`),
+//! the freshly built shim first on its PATH, the UVM runtime dir inside
+//! the temp dir too. Dropping it stops containerd, kills any shim or QEMU
+//! of its own that is left, unmounts and removes everything.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The image name `uvmctl image oci-busybox` writes.
+pub const IMAGE: &str = "uvm/busybox:latest";
+/// The shim's runtime name.
+pub const RUNTIME: &str = "io.containerd.uvm.v2";
+
+/// A prerequisite is missing: fail under `UVM_REQUIRE_REAL_VM=1`, else skip.
+pub fn skip(why: &str) -> Option<Containerd> {
+    if std::env::var_os("UVM_REQUIRE_REAL_VM").is_some_and(|v| v == "1") {
+        panic!("containerd test prerequisite missing: {why}");
+    }
+    eprintln!("skipping containerd test: {why}");
+    None
+}
+
+fn on_path(bin: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {bin}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The boot files, built or found once (kernel, initramfs with the agent).
+fn image() -> Result<uvm_image::Image, String> {
+    static IMAGE: std::sync::OnceLock<Result<uvm_image::Image, String>> =
+        std::sync::OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            uvm_image::ensure_image(&uvm_image::KernelKind::Tuned, &|_| {})
+                .map_err(|e| format!("no guest image: {e}"))
+        })
+        .clone()
+}
+
+/// One containerd and its temp dir.
+pub struct Containerd {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    pub config: PathBuf,
+}
+
+impl Containerd {
+    /// Starts containerd, imports the busybox image; None (skip) when a
+    /// prerequisite is missing and not required.
+    pub fn start() -> Option<Self> {
+        for bin in ["containerd", "ctr", "script"] {
+            if !on_path(bin) {
+                return skip(&format!(
+                    "{bin} not found; fix: apt-get install containerd bsdutils (scripts/install-deps.sh)"
+                ));
+            }
+        }
+        if !nix::unistd::geteuid().is_root() {
+            return skip("containerd needs root");
+        }
+        let image = match image() {
+            Ok(i) => i,
+            Err(why) => return skip(&why),
+        };
+        // Short path: the shim's socket lives in <dir>/s/<64 hex>.
+        let dir = tempfile::Builder::new()
+            .prefix("ctd")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        let runtime_config = d.join("uvm-shim.toml");
+        std::fs::write(
+            &runtime_config,
+            format!(
+                "[vm]\nkernel = {:?}\ninitrd = {:?}\nkernel_cmdline = {:?}\nmemory_mb = 256\nvcpus = 1\n",
+                image.kernel, image.initrd, image.cmdline
+            ),
+        )
+        .unwrap();
+        let config = d.join("config.toml");
+        let p = |s: &str| d.join(s).display().to_string();
+        std::fs::write(
+            &config,
+            format!(
+                r#"version = 2
+root = "{root}"
+state = "{state}"
+disabled_plugins = ["io.containerd.grpc.v1.cri"]
+[grpc]
+  address = "{sock}"
+[ttrpc]
+  address = "{sock}.ttrpc"
+[debug]
+  address = "{debug}"
+  level = "debug"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{opt}"
+"#,
+                root = p("root"),
+                state = p("state"),
+                sock = p("containerd.sock"),
+                debug = p("debug.sock"),
+                opt = p("opt"),
+            ),
+        )
+        .unwrap();
+        let mut c = Self {
+            dir,
+            child: None,
+            config: runtime_config,
+        };
+        c.spawn_containerd();
+        let busybox = uvm_image::locate_busybox().expect("busybox");
+        let archive = c.path("busybox.tar");
+        uvm_image::write_busybox_archive(&busybox, &archive).expect("busybox archive");
+        let out = c.ctr(&["images", "import", &archive.display().to_string()]);
+        assert!(out.status.success(), "import: {}", text(&out));
+        Some(c)
+    }
+
+    /// Starts (or restarts) containerd and waits for its socket to answer.
+    pub fn spawn_containerd(&mut self) {
+        let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-uvm-v2"));
+        let path = format!(
+            "{}:{}",
+            shim.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("containerd.log"))
+            .unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(self.path("config.toml"))
+            .env("PATH", path)
+            .env("UVM_RUNTIME_DIR", self.path("uvm-run"))
+            .env("UVM_SHIM_CONFIG", &self.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.ctr(&["version"]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not come up: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Stops containerd (SIGTERM, then SIGKILL), leaving shims running.
+    pub fn stop_containerd(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// A path in the temp dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// containerd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr` against this containerd, stdin from /dev/null, bounded.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new("timeout");
+        cmd.args(["120", "ctr", "--address"])
+            .arg(self.path("containerd.sock"))
+            .args(args)
+            .stdin(Stdio::null());
+        cmd.output().expect("run ctr")
+    }
+
+    /// The `ctr` command line as a string (for `script`), quoting `args`.
+    pub fn ctr_line(&self, args: &[&str]) -> String {
+        let mut s = format!("ctr --address {}", self.path("containerd.sock").display());
+        for a in args {
+            s.push(' ');
+            s.push_str(&quote(a));
+        }
+        s
+    }
+
+    /// `ctr run` with our runtime and FIFO dir: `opts` before the image,
+    /// then the container id and the command.
+    pub fn run(&self, opts: &[&str], id: &str, cmd: &[&str]) -> Output {
+        let args = self.run_args(opts, id, cmd);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ctr(&refs)
+    }
+
+    /// The arguments of [`Containerd::run`].
+    pub fn run_args(&self, opts: &[&str], id: &str, cmd: &[&str]) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "run".into(),
+            "--runtime".into(),
+            RUNTIME.into(),
+            "--fifo-dir".into(),
+            self.path("fifo").display().to_string(),
+        ];
+        a.extend(opts.iter().map(|s| s.to_string()));
+        a.push(IMAGE.into());
+        a.push(id.into());
+        a.extend(cmd.iter().map(|s| s.to_string()));
+        a
+    }
+
+    /// `ctr task exec` with the FIFO dir.
+    pub fn exec(&self, id: &str, exec_id: &str, cmd: &[&str]) -> Output {
+        let fifo = self.path("fifo").display().to_string();
+        let mut a = vec![
+            "task",
+            "exec",
+            "--fifo-dir",
+            &fifo,
+            "--exec-id",
+            exec_id,
+            id,
+        ];
+        a.extend_from_slice(cmd);
+        self.ctr(&a)
+    }
+
+    /// Pids of processes whose command line contains `needle`.
+    pub fn pids_with(&self, needle: &str) -> Vec<i32> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) && pid != std::process::id() as i32 {
+                out.push(pid);
+            }
+        }
+        out
+    }
+
+    /// Our QEMU processes (their runtime dir is in our temp dir).
+    pub fn qemus(&self) -> Vec<i32> {
+        let rt = self.path("uvm-run").display().to_string();
+        self.pids_with(&rt)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_link(format!("/proc/{p}/exe"))
+                    .is_ok_and(|e| e.to_string_lossy().contains("qemu-system"))
+            })
+            .collect()
+    }
+
+    /// Our shim processes.
+    pub fn shims(&self) -> Vec<i32> {
+        let sock = self.path("containerd.sock").display().to_string();
+        self.pids_with(&sock)
+            .into_iter()
+            .filter(|p| {
+                std::fs::read_link(format!("/proc/{p}/exe"))
+                    .is_ok_and(|e| e.to_string_lossy().contains("containerd-shim-uvm-v2"))
+            })
+            .collect()
+    }
+
+    /// Mount points under our temp dir.
+    pub fn mounts(&self) -> Vec<String> {
+        let root = self.dir.path().display().to_string();
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&root))
+            .collect()
+    }
+
+    /// VM runtime dirs left.
+    pub fn runtime_dirs(&self) -> Vec<PathBuf> {
+        std::fs::read_dir(self.path("uvm-run"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Waits (bounded) until no shim, QEMU, mount or runtime dir of ours is
+    /// left, and asserts so.
+    pub fn assert_nothing_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = (
+                self.shims(),
+                self.qemus(),
+                self.mounts(),
+                self.runtime_dirs(),
+            );
+            if left.0.is_empty() && left.1.is_empty() && left.2.is_empty() && left.3.is_empty() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "left behind: shims {:?}, QEMU {:?}, mounts {:?}, runtime dirs {:?}\n{}",
+                    left.0,
+                    left.1,
+                    left.2,
+                    left.3,
+                    tail(&self.log(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop_containerd();
+        for pid in self.shims().into_iter().chain(self.qemus()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let mut mounts = self.mounts();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(Path::new(&m), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+/// stdout and stderr of `out`, for messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
