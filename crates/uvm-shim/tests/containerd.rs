@@ -300,3 +300,68 @@ fn a_missing_runtime_config_is_a_clear_error_and_leaves_nothing() {
     let _ = c.ctr(&["container", "rm", "bad1"]);
     c.assert_nothing_left();
 }
+
+/// The shim's own ttrpc socket for task `id` (what containerd dials).
+fn shim_client(c: &Containerd, id: &str) -> containerd_shim_protos::shim_async::TaskClient {
+    let bundle = c
+        .path("state")
+        .join("io.containerd.runtime.v2.task/default")
+        .join(id);
+    let address = std::fs::read_to_string(bundle.join("address")).unwrap();
+    let client = containerd_shim_protos::ttrpc::asynchronous::Client::connect(address.trim())
+        .expect("connect to the shim");
+    containerd_shim_protos::shim_async::TaskClient::new(client)
+}
+
+#[test]
+fn update_sets_the_cgroup_and_pause_is_not_implemented() {
+    use containerd_shim_protos::api::UpdateTaskRequest;
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::protobuf::MessageField;
+    use containerd_shim_protos::ttrpc::context;
+
+    let Some(c) = Containerd::start() else { return };
+    let out = c.run(&["-d"], "u1", &["sleep", "300"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let limit = |c: &Containerd| {
+        let m = c.ctr(&["task", "metrics", "u1"]);
+        stdout(&m)
+            .lines()
+            .find(|l| l.starts_with("memory.usage_limit "))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+    };
+    assert_eq!(limit(&c), Some(0), "no limit at first");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = shim_client(&c, "u1");
+        let resources = serde_json::json!({"memory": {"limit": 50331648}, "pids": {"limit": 64}});
+        let req = UpdateTaskRequest {
+            id: "u1".into(),
+            resources: MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: serde_json::to_vec(&resources).unwrap(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        client
+            .update(context::with_timeout(30_000_000_000), &req)
+            .await
+            .expect("update");
+    });
+    assert_eq!(limit(&c), Some(50331648));
+    let m = c.ctr(&["task", "metrics", "u1"]);
+    let pids_limit = stdout(&m)
+        .lines()
+        .find(|l| l.starts_with("pids.limit "))
+        .and_then(|l| l.split_whitespace().nth(1).map(str::to_string));
+    assert_eq!(pids_limit.as_deref(), Some("64"), "{}", text(&m));
+
+    let p = c.ctr(&["task", "pause", "u1"]);
+    assert!(!p.status.success());
+    let err = String::from_utf8_lossy(&p.stderr);
+    assert!(err.contains("not implemented"), "{err}");
+    assert_eq!(task_status(&c, "u1").as_deref(), Some("RUNNING"));
+    cleanup(&c, &["u1"]);
+    c.assert_nothing_left();
+}
