@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 mod guest_cmd;
 mod metrics;
+pub mod private_containerd;
 mod process;
 pub mod rootfs;
 pub mod sandbox;

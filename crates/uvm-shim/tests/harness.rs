@@ -7,8 +7,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+
 use std::time::{Duration, Instant};
+use uvm_shim::private_containerd::{tail, PrivateContainerd};
 
 /// The image name `uvmctl image oci-busybox` writes.
 pub const IMAGE: &str = "uvm/busybox:latest";
@@ -46,9 +48,9 @@ fn image() -> Result<uvm_image::Image, String> {
 
 /// One containerd and its temp dir.
 pub struct Containerd {
-    pub dir: tempfile::TempDir,
-    child: Option<Child>,
+    inner: PrivateContainerd,
     pub config: PathBuf,
+    pub dir: tempfile::TempDir,
 }
 
 impl Containerd {
@@ -74,49 +76,23 @@ impl Containerd {
             .prefix("ctd")
             .tempdir_in("/tmp")
             .unwrap();
-        let d = dir.path();
-        let runtime_config = d.join("uvm-shim.toml");
+        let config = dir.path().join("uvm-shim.toml");
         std::fs::write(
-            &runtime_config,
+            &config,
             format!(
                 "[vm]\nkernel = {:?}\ninitrd = {:?}\nkernel_cmdline = {:?}\nmemory_mb = 256\nvcpus = 1\n",
                 image.kernel, image.initrd, image.cmdline
             ),
         )
         .unwrap();
-        let config = d.join("config.toml");
-        let p = |s: &str| d.join(s).display().to_string();
-        std::fs::write(
-            &config,
-            format!(
-                r#"version = 2
-root = "{root}"
-state = "{state}"
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-[grpc]
-  address = "{sock}"
-[ttrpc]
-  address = "{sock}.ttrpc"
-[debug]
-  address = "{debug}"
-  level = "debug"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{opt}"
-"#,
-                root = p("root"),
-                state = p("state"),
-                sock = p("containerd.sock"),
-                debug = p("debug.sock"),
-                opt = p("opt"),
-            ),
+        let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-uvm-v2"));
+        let inner = PrivateContainerd::start(
+            dir.path(),
+            shim.parent().unwrap(),
+            vec![("UVM_SHIM_CONFIG".into(), config.clone())],
         )
-        .unwrap();
-        let mut c = Self {
-            dir,
-            child: None,
-            config: runtime_config,
-        };
-        c.spawn_containerd();
+        .unwrap_or_else(|e| panic!("{e}"));
+        let c = Self { inner, config, dir };
         let busybox = uvm_image::locate_busybox().expect("busybox");
         let archive = c.path("busybox.tar");
         uvm_image::write_busybox_archive(&busybox, &archive).expect("busybox archive");
@@ -125,77 +101,29 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
         Some(c)
     }
 
-    /// Starts (or restarts) containerd and waits for its socket to answer.
+    /// Starts containerd again.
     pub fn spawn_containerd(&mut self) {
-        let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-uvm-v2"));
-        let path = format!(
-            "{}:{}",
-            shim.parent().unwrap().display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("containerd.log"))
-            .unwrap();
-        let child = Command::new("containerd")
-            .arg("--config")
-            .arg(self.path("config.toml"))
-            .env("PATH", path)
-            .env("UVM_RUNTIME_DIR", self.path("uvm-run"))
-            .env("UVM_SHIM_CONFIG", &self.config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn containerd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.ctr(&["version"]).status.success() {
-            assert!(
-                Instant::now() < deadline,
-                "containerd did not come up: {}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        self.inner.spawn().unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// Stops containerd (SIGTERM, then SIGKILL), leaving shims running.
+    /// Stops containerd, leaving shims running.
     pub fn stop_containerd(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
+        self.inner.stop();
     }
 
     /// A path in the temp dir.
     pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
+        self.inner.path(name)
     }
 
     /// containerd's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.path("containerd.log")).unwrap_or_default()
+        self.inner.log()
     }
 
     /// `ctr` against this containerd, stdin from /dev/null, bounded.
     pub fn ctr(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new("timeout");
-        cmd.args(["120", "ctr", "--address"])
-            .arg(self.path("containerd.sock"))
-            .args(args)
-            .stdin(Stdio::null());
-        cmd.output().expect("run ctr")
+        self.inner.ctr(args).expect("run ctr")
     }
 
     /// The `ctr` command line as a string (for `script`), quoting `args`.
@@ -218,18 +146,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
     /// The arguments of [`Containerd::run`].
     pub fn run_args(&self, opts: &[&str], id: &str, cmd: &[&str]) -> Vec<String> {
-        let mut a: Vec<String> = vec![
-            "run".into(),
-            "--runtime".into(),
-            RUNTIME.into(),
-            "--fifo-dir".into(),
-            self.path("fifo").display().to_string(),
-        ];
-        a.extend(opts.iter().map(|s| s.to_string()));
-        a.push(IMAGE.into());
-        a.push(id.into());
-        a.extend(cmd.iter().map(|s| s.to_string()));
-        a
+        self.inner.run_args(Some(RUNTIME), opts, IMAGE, id, cmd)
     }
 
     /// `ctr task exec` with the FIFO dir.
@@ -361,12 +278,6 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
-}
-
-/// The last `n` lines of `s`.
-pub fn tail(s: &str, n: usize) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 fn quote(s: &str) -> String {
