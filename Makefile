@@ -22,7 +22,7 @@ agent:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile agent -p uvm-gcs --target $(AGENT_TARGET)
 
 build: agent
-	$(CARGO) build --release -p uvmctl
+	$(CARGO) build --release -p uvmctl -p uvm-shim
 
 # Kernel (built once, ~6 min on 2 cores) and initramfs, both cached under ~/.cache/uvm.
 image: deps build

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod container;
+pub mod containerd;
 pub mod density;
 pub mod hostfs;
 pub mod hotplug;
@@ -146,6 +147,7 @@ pub const SECTIONS: &[&str] = &[
     "stdout",
     "hotplug",
     "container",
+    "containerd",
     "memory",
     "density",
 ];

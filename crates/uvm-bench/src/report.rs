@@ -228,6 +228,8 @@ pub struct Report {
     pub hotplug: Option<crate::hotplug::Hotplug>,
     /// Containers next to a plain exec in the UVM.
     pub container: Option<crate::container::ContainerBench>,
+    /// `ctr run --rm … true` through containerd, our shim against runc.
+    pub containerd: Option<crate::containerd::ContainerdBench>,
     /// Sections that failed, `section: error` (nothing hidden).
     pub errors: Vec<String>,
 }
@@ -392,6 +394,17 @@ impl Report {
                 h.read_9p_mib_s.zip(h.read_scsi_mib_s).map(|(a, b)| a / b),
             );
         }
+        if let Some(c) = &self.containerd {
+            // runc through the same containerd is the baseline.
+            row(
+                "containerd `ctr run --rm` true ms (runc)",
+                c.uvm.median_ms,
+                c.uvm.p90_ms,
+                c.runc.median_ms,
+                c.runc.p90_ms,
+                c.ratio,
+            );
+        }
         if let Some(c) = &self.container {
             // The plain exec in the UVM itself is the baseline.
             let (cs, pe) = (&c.create_start, &c.plain_exec);
@@ -478,6 +491,11 @@ impl Report {
                 "  (TCG tb-size cap {:?} MiB; baseline = idle qemu-guest-agent VM QEMU Rss)",
                 mem.tb_size_mb
             );
+        }
+        if let Some(c) = &self.containerd {
+            if let Some(why) = &c.runc_unavailable {
+                let _ = writeln!(t, "containerd: runc not measured: {why}");
+            }
         }
         if let Some(s) = &self.stdout_throughput {
             let _ = writeln!(

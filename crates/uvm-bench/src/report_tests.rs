@@ -164,3 +164,45 @@ fn container_section_in_json_and_table() {
     assert!(table.contains(": met;"), "{table}");
     assert!(table.contains("layers unpacked 1 then 0"), "{table}");
 }
+
+#[test]
+fn containerd_row_has_runc_as_its_baseline_and_says_why_runc_is_missing() {
+    use crate::containerd::ContainerdBench;
+    assert!(!Report::default().table().contains("ctr run"));
+    let rep = Report {
+        containerd: Some(ContainerdBench {
+            uvm_median_ms: Some(900.0),
+            runc_median_ms: Some(100.0),
+            ratio: Some(9.0),
+            uvm: Latency::of(&[900.0]),
+            runc: Latency::of(&[100.0]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let t = rep.table();
+    let row = t.lines().find(|l| l.contains("ctr run")).expect("row");
+    assert!(
+        row.contains("900.0") && row.contains("100.0") && row.contains("9.00x"),
+        "{row}"
+    );
+    let v: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
+    for k in [
+        "uvm_median_ms",
+        "runc_median_ms",
+        "ratio",
+        "runc_unavailable",
+    ] {
+        assert!(v["containerd"].get(k).is_some(), "containerd.{k}");
+    }
+    let no_runc = Report {
+        containerd: Some(ContainerdBench {
+            runc_unavailable: Some("ctr run runc: permission denied".into()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    assert!(no_runc
+        .table()
+        .contains("runc not measured: ctr run runc: permission denied"));
+}

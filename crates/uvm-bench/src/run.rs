@@ -114,6 +114,12 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             Err(e) => rep.errors.push(format!("exec/stdout boot: {}", chain(&e))),
         }
     }
+    if opts.wants("containerd") {
+        match crate::containerd::section(opts, &ours_img).await {
+            Ok(c) => rep.containerd = Some(c),
+            Err(e) => rep.errors.push(format!("containerd: {}", chain(&e))),
+        }
+    }
     if opts.wants("memory") {
         match memory_section(opts, &ours_img, &raw_img, &qga_initrd).await {
             Ok(m) => rep.memory = Some(m),
