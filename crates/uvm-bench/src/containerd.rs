@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 use uvm_image::Image;
+use uvm_shim::config::RuntimeConfig;
 use uvm_shim::private_containerd::PrivateContainerd;
 
 use crate::report::Latency;
@@ -81,14 +82,15 @@ fn run_once(c: &PrivateContainerd, runtime: Option<&str>, id: &str) -> Result<f6
 fn measure(opts: &BenchOptions, image: &Image, dir: &Path) -> Result<ContainerdBench, BenchError> {
     let shim = find_shim()?;
     let config = dir.join("uvm-shim.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[vm]\nkernel = {:?}\ninitrd = {:?}\nkernel_cmdline = {:?}\nmemory_mb = {}\nvcpus = {}\n",
-            image.kernel, image.initrd, image.cmdline, opts.memory_mb, opts.cpus
-        ),
+    let toml = RuntimeConfig::for_boot_files(
+        &image.kernel,
+        &image.initrd,
+        &image.cmdline,
+        opts.memory_mb.into(),
+        opts.cpus,
     )
-    .map_err(|e| BenchError::io("write the shim config", e))?;
+    .to_toml();
+    std::fs::write(&config, toml).map_err(|e| BenchError::io("write the shim config", e))?;
     let c = PrivateContainerd::start(
         dir,
         shim.parent().unwrap_or(Path::new("/")),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::CodedInputStream;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use uvm_schema::{ComputeSystem, LcowDocumentBuilder};
 
 use crate::error::{Result, ShimError};
@@ -24,23 +24,28 @@ pub const DEFAULT_VCPUS: u32 = 1;
 pub const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
 
 /// The `[vm]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmConfig {
     /// Kernel file (default: the recorded image's).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel: Option<PathBuf>,
     /// Initramfs with the uvm agent (default: the recorded image's).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub initrd: Option<PathBuf>,
     /// Kernel command line; replaces the image's.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_cmdline: Option<String>,
     /// Guest memory in MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub memory_mb: Option<u64>,
     /// vCPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,
 }
 
 /// The whole file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// The UVM's settings.
@@ -49,6 +54,30 @@ pub struct RuntimeConfig {
 }
 
 impl RuntimeConfig {
+    /// A config booting `kernel`/`initrd` with `cmdline`, `memory_mb` and `vcpus`.
+    pub fn for_boot_files(
+        kernel: &Path,
+        initrd: &Path,
+        cmdline: &str,
+        memory_mb: u64,
+        vcpus: u32,
+    ) -> Self {
+        Self {
+            vm: VmConfig {
+                kernel: Some(kernel.to_path_buf()),
+                initrd: Some(initrd.to_path_buf()),
+                kernel_cmdline: Some(cmdline.to_string()),
+                memory_mb: Some(memory_mb),
+                vcpus: Some(vcpus),
+            },
+        }
+    }
+
+    /// The config as the TOML file [`RuntimeConfig::parse`] reads.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a RuntimeConfig always serializes")
+    }
+
     /// Parses `text` (the contents of `path`); errors name the field.
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
         let c: RuntimeConfig = serde_path_to_error::deserialize(toml::Deserializer::new(text))
@@ -180,6 +209,21 @@ mod tests {
         assert!(e.to_string().contains("vm.vcpus"), "{e}");
         let e = RuntimeConfig::parse(p, "[vm]\nmemory_mb = \"lots\"\n").unwrap_err();
         assert!(e.to_string().contains("vm.memory_mb"), "{e}");
+    }
+
+    #[test]
+    fn written_config_reads_back() {
+        let c = RuntimeConfig::for_boot_files(
+            Path::new("/k \"x\""),
+            Path::new("/i"),
+            "console=hvc0 a=\"b\"",
+            300,
+            2,
+        );
+        assert_eq!(
+            RuntimeConfig::parse(Path::new("/c"), &c.to_toml()).unwrap(),
+            c
+        );
     }
 
     #[test]

@@ -44,6 +44,24 @@ struct ExecEntry {
     tracked: TrackedProcess,
 }
 
+impl TaskEntry {
+    /// The init (`None`) or exec `e`, which [`Service::with_process`] checked exists.
+    fn tracked(&self, exec: Option<&str>) -> &TrackedProcess {
+        match exec {
+            None => &self.init,
+            Some(e) => &self.execs[e].tracked,
+        }
+    }
+
+    /// [`TaskEntry::tracked`], mutable.
+    fn tracked_mut(&mut self, exec: Option<&str>) -> &mut TrackedProcess {
+        match exec {
+            None => &mut self.init,
+            Some(e) => &mut self.execs.get_mut(e).expect("checked").tracked,
+        }
+    }
+}
+
 struct Inner {
     namespace: String,
     publisher: RemotePublisher,
@@ -226,14 +244,8 @@ impl Service {
     async fn do_start(&self, req: api::StartRequest) -> Result<api::StartResponse> {
         let (id, exec_id) = (req.id.clone(), req.exec_id.clone());
         let (opened, process) = self.with_process(&id, &exec_id, |t, exec| {
-            let (tracked, process) = match exec {
-                None => (&mut t.init, None),
-                Some(e) => {
-                    let x = t.execs.get_mut(e).expect("checked");
-                    (&mut x.tracked, Some(x.process.clone()))
-                }
-            };
-            let opened = tracked.opened.take().ok_or_else(|| {
+            let process = exec.map(|e| t.execs[e].process.clone());
+            let opened = t.tracked_mut(exec).opened.take().ok_or_else(|| {
                 ShimError::FailedPrecondition(format!(
                     "{} of container {id} was started already",
                     exec.map(|e| format!("exec {e}"))
@@ -258,10 +270,7 @@ impl Service {
         let relayed = stdio::relay(p, opened);
         let pid = relayed.pid;
         self.with_process(&id, &exec_id, |t, exec| {
-            let tracked = match exec {
-                None => &mut t.init,
-                Some(e) => &mut t.execs.get_mut(e).expect("checked").tracked,
-            };
+            let tracked = t.tracked_mut(exec);
             tracked.pid = pid;
             tracked.control = Some(relayed.control.clone());
             tracked.close_stdin = relayed.close_stdin;
@@ -367,10 +376,7 @@ impl Service {
     async fn do_kill(&self, req: api::KillRequest) -> Result<()> {
         let (id, exec_id) = (req.id.as_str(), req.exec_id.as_str());
         let control = self.with_process(id, exec_id, |t, exec| {
-            let tracked = match exec {
-                None => &t.init,
-                Some(e) => &t.execs[e].tracked,
-            };
+            let tracked = t.tracked(exec);
             if tracked.exit().is_some() {
                 return Err(ShimError::NotFound {
                     what: "running process",
@@ -451,10 +457,7 @@ impl Service {
 
     async fn do_wait(&self, req: api::WaitRequest) -> Result<api::WaitResponse> {
         let mut rx = self.with_process(&req.id, &req.exec_id, |t, exec| {
-            Ok(match exec {
-                None => t.init.watch_exit(),
-                Some(e) => t.execs[e].tracked.watch_exit(),
-            })
+            Ok(t.tracked(exec).watch_exit())
         })?;
         let exit = loop {
             if let Some(e) = *rx.borrow_and_update() {
@@ -476,10 +479,7 @@ impl Service {
 
     fn do_state(&self, req: &api::StateRequest) -> Result<api::StateResponse> {
         self.with_process(&req.id, &req.exec_id, |t, exec| {
-            let tracked = match exec {
-                None => &t.init,
-                Some(e) => &t.execs[e].tracked,
-            };
+            let tracked = t.tracked(exec);
             let exit = tracked.exit();
             Ok(api::StateResponse {
                 id: req.id.clone(),
@@ -550,10 +550,7 @@ impl Service {
 
     fn do_close_io(&self, req: &api::CloseIORequest) -> Result<()> {
         self.with_process(&req.id, &req.exec_id, |t, exec| {
-            let tracked = match exec {
-                None => &mut t.init,
-                Some(e) => &mut t.execs.get_mut(e).expect("checked").tracked,
-            };
+            let tracked = t.tracked_mut(exec);
             if let Some(close) = tracked.close_stdin.take() {
                 let _ = close.send(());
             }
@@ -563,10 +560,7 @@ impl Service {
 
     async fn do_resize(&self, req: &api::ResizePtyRequest) -> Result<()> {
         let control = self.with_process(&req.id, &req.exec_id, |t, exec| {
-            let tracked = match exec {
-                None => &t.init,
-                Some(e) => &t.execs[e].tracked,
-            };
+            let tracked = t.tracked(exec);
             if !tracked.stdio.terminal {
                 return Err(ShimError::FailedPrecondition(
                     "the process has no terminal to resize".into(),

@@ -77,14 +77,15 @@ impl Containerd {
             .tempdir_in("/tmp")
             .unwrap();
         let config = dir.path().join("uvm-shim.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[vm]\nkernel = {:?}\ninitrd = {:?}\nkernel_cmdline = {:?}\nmemory_mb = 256\nvcpus = 1\n",
-                image.kernel, image.initrd, image.cmdline
-            ),
+        let toml = uvm_shim::config::RuntimeConfig::for_boot_files(
+            &image.kernel,
+            &image.initrd,
+            &image.cmdline,
+            256,
+            1,
         )
-        .unwrap();
+        .to_toml();
+        std::fs::write(&config, toml).unwrap();
         let shim = PathBuf::from(env!("CARGO_BIN_EXE_containerd-shim-uvm-v2"));
         let inner = PrivateContainerd::start(
             dir.path(),
@@ -181,28 +182,27 @@ impl Containerd {
         out
     }
 
-    /// Our QEMU processes (their runtime dir is in our temp dir).
-    pub fn qemus(&self) -> Vec<i32> {
-        let rt = self.path("uvm-run").display().to_string();
-        self.pids_with(&rt)
+    /// Pids of processes whose command line contains `needle` and whose
+    /// executable's path contains `exe`.
+    fn processes(&self, needle: &str, exe: &str) -> Vec<i32> {
+        self.pids_with(needle)
             .into_iter()
             .filter(|p| {
                 std::fs::read_link(format!("/proc/{p}/exe"))
-                    .is_ok_and(|e| e.to_string_lossy().contains("qemu-system"))
+                    .is_ok_and(|e| e.to_string_lossy().contains(exe))
             })
             .collect()
+    }
+
+    /// Our QEMU processes (their runtime dir is in our temp dir).
+    pub fn qemus(&self) -> Vec<i32> {
+        self.processes(&self.path("uvm-run").display().to_string(), "qemu-system")
     }
 
     /// Our shim processes.
     pub fn shims(&self) -> Vec<i32> {
         let sock = self.path("containerd.sock").display().to_string();
-        self.pids_with(&sock)
-            .into_iter()
-            .filter(|p| {
-                std::fs::read_link(format!("/proc/{p}/exe"))
-                    .is_ok_and(|e| e.to_string_lossy().contains("containerd-shim-uvm-v2"))
-            })
-            .collect()
+        self.processes(&sock, "containerd-shim-uvm-v2")
     }
 
     /// Mount points under our temp dir.
