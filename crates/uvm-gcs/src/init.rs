@@ -106,6 +106,20 @@ pub fn set_hostname(name: &str) {
     }
 }
 
+/// Steps `CLOCK_REALTIME` to `unix_time_ns`; returns the step (new minus
+/// old), nanoseconds.
+pub fn step_clock(unix_time_ns: u64) -> nix::Result<i64> {
+    use nix::time::{clock_gettime, clock_settime, ClockId};
+    let before = clock_gettime(ClockId::CLOCK_REALTIME)?;
+    let before_ns = before.tv_sec() as i128 * 1_000_000_000 + before.tv_nsec() as i128;
+    let ts = nix::sys::time::TimeSpec::new(
+        (unix_time_ns / 1_000_000_000) as libc::time_t,
+        (unix_time_ns % 1_000_000_000) as libc::c_long,
+    );
+    clock_settime(ClockId::CLOCK_REALTIME, ts)?;
+    Ok((unix_time_ns as i128 - before_ns) as i64)
+}
+
 fn finit_module(path: &str) -> io::Result<()> {
     let file = std::fs::File::open(path)?;
     let params = CString::default();

@@ -206,7 +206,10 @@ async fn setup_log_and_entropy(
     if lcow {
         let n = uvm_proto::ports::ENTROPY_BYTES;
         match ports::receive_entropy(uvm_proto::ports::ENTROPY, n, Duration::from_secs(5)).await {
-            Ok(()) => tracing::info!(bytes = n, "entropy credited"),
+            Ok(port) => {
+                tracing::info!(bytes = n, "entropy credited");
+                tokio::spawn(ports::serve_reseeds(port, n));
+            }
             Err(e) => tracing::warn!(error = %e, "no entropy from the host"),
         }
     }

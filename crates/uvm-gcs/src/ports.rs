@@ -78,12 +78,65 @@ pub fn credit_entropy(bytes: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Reads exactly `n` bytes from the entropy port (bounded by `timeout`) and credits them.
-pub async fn receive_entropy(name: &str, n: usize, timeout: Duration) -> io::Result<()> {
+/// `RNDRESEEDCRNG` = `_IO('R', 0x07)`: reseed the CRNG from the pool now.
+const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+
+/// Forces the kernel CRNG to reseed from the input pool now, so bytes
+/// credited a moment ago reach `/dev/urandom` and `getrandom` at once.
+pub fn reseed_crng() -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let urandom = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/urandom")?;
+    // SAFETY: RNDRESEEDCRNG takes no argument.
+    let rc = unsafe { libc::ioctl(urandom.as_raw_fd(), RNDRESEEDCRNG as _) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reads exactly `n` bytes from the entropy port (bounded by `timeout`) and
+/// credits them. Returns the port, kept open for [`serve_reseeds`].
+pub async fn receive_entropy(name: &str, n: usize, timeout: Duration) -> io::Result<FdIo> {
     let mut port = open(name)?;
     let mut buf = vec![0u8; n];
     tokio::time::timeout(timeout, port.read_exact(&mut buf))
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for entropy"))??;
-    credit_entropy(&buf)
+    credit_entropy(&buf)?;
+    Ok(port)
+}
+
+/// After the boot entropy, every further `n` bytes on the entropy port mean
+/// "this VM was restored from a snapshot": credit them, reseed the CRNG (no
+/// two clones share random state), drop the GCS connection the snapshot
+/// captured, and answer [`uvm_proto::ports::RESEEDED_ACK`]. Runs forever.
+pub async fn serve_reseeds(mut port: FdIo, n: usize) {
+    use tokio::io::AsyncWriteExt;
+    let mut buf = vec![0u8; n];
+    loop {
+        match port.read_exact(&mut buf).await {
+            Ok(_) => {}
+            Err(e) => {
+                // No host on the port (EOF) or a transient error: look again later.
+                tracing::debug!(error = %e, "entropy port read");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let credited = credit_entropy(&buf).and_then(|()| reseed_crng());
+        let reopened = crate::server::reset_connection(Duration::from_secs(2)).await;
+        match &credited {
+            Ok(()) => tracing::info!(
+                bytes = n,
+                reopened,
+                "restored: entropy credited, CRNG reseeded"
+            ),
+            Err(e) => tracing::warn!(error = %e, reopened, "restored: reseeding failed"),
+        }
+        if let Err(e) = port.write_all(&[uvm_proto::ports::RESEEDED_ACK]).await {
+            tracing::warn!(error = %e, "answering the reseed");
+        }
+    }
 }

@@ -48,6 +48,45 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+impl<T: AsyncRead + Unpin> PrefaceSync<T> {
+    /// Reads (and skips) until the preface; `false` on EOF before it.
+    fn poll_sync(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        while !self.synced {
+            let mut tmp = [0u8; 4096];
+            let mut rb = ReadBuf::new(&mut tmp);
+            ready!(Pin::new(&mut self.inner).poll_read(cx, &mut rb))?;
+            if rb.filled().is_empty() {
+                return Poll::Ready(Ok(false)); // EOF before any preface
+            }
+            self.buf.extend_from_slice(rb.filled());
+            if let Some(at) = find(&self.buf, H2_PREFACE) {
+                self.buf.drain(..at);
+                self.skipped += at as u64;
+                self.synced = true;
+                if self.skipped > 0 {
+                    tracing::warn!(
+                        bytes = self.skipped,
+                        "skipped bytes before the HTTP/2 preface"
+                    );
+                }
+            } else {
+                let keep = self.buf.len().min(H2_PREFACE.len() - 1);
+                let drop = self.buf.len() - keep;
+                self.buf.drain(..drop);
+                self.skipped += drop as u64;
+            }
+        }
+        Poll::Ready(Ok(true))
+    }
+
+    /// Waits until the preface has arrived (kept for the reader), so a
+    /// server writes nothing to a peer that has not spoken yet. `false`
+    /// when the stream ended first.
+    pub async fn synced(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| self.poll_sync(cx)).await
+    }
+}
+
 impl<T: AsyncRead + Unpin> AsyncRead for PrefaceSync<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -55,30 +94,8 @@ impl<T: AsyncRead + Unpin> AsyncRead for PrefaceSync<T> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        while !this.synced {
-            let mut tmp = [0u8; 4096];
-            let mut rb = ReadBuf::new(&mut tmp);
-            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut rb))?;
-            if rb.filled().is_empty() {
-                return Poll::Ready(Ok(())); // EOF before any preface
-            }
-            this.buf.extend_from_slice(rb.filled());
-            if let Some(at) = find(&this.buf, H2_PREFACE) {
-                this.buf.drain(..at);
-                this.skipped += at as u64;
-                this.synced = true;
-                if this.skipped > 0 {
-                    tracing::warn!(
-                        bytes = this.skipped,
-                        "skipped bytes before the HTTP/2 preface"
-                    );
-                }
-            } else {
-                let keep = this.buf.len().min(H2_PREFACE.len() - 1);
-                let drop = this.buf.len() - keep;
-                this.buf.drain(..drop);
-                this.skipped += drop as u64;
-            }
+        if !ready!(this.poll_sync(cx))? {
+            return Poll::Ready(Ok(()));
         }
         if this.pos < this.buf.len() {
             let n = out.remaining().min(this.buf.len() - this.pos);
@@ -142,5 +159,17 @@ mod tests {
         sync.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, data);
         assert_eq!(sync.skipped(), 0);
+    }
+
+    #[tokio::test]
+    async fn synced_waits_for_the_preface_and_keeps_it() {
+        let data = [b"stale".as_slice(), H2_PREFACE, b"rest"].concat();
+        let mut sync = PrefaceSync::new(&data[..]);
+        assert!(sync.synced().await.unwrap());
+        let mut got = Vec::new();
+        sync.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [H2_PREFACE, b"rest"].concat());
+        let mut ended = PrefaceSync::new(&b"no preface"[..]);
+        assert!(!ended.synced().await.unwrap());
     }
 }

@@ -148,10 +148,53 @@ where
     serve_h2(agent, io).await
 }
 
+/// Wakes [`serve_port`] to drop its connection (see [`reset_connection`]).
+static RESET: Notify = Notify::const_new();
+/// How many times [`serve_port`] has opened the port, and its wake-up.
+static OPENS: AtomicU64 = AtomicU64::new(0);
+static OPENED: Notify = Notify::const_new();
+
+/// Drops the GCS connection [`serve_port`] is serving and waits (at most
+/// `max`) until the port is open again and waiting for a new preface. After
+/// a restore the connection in the snapshot belongs to a host that is gone:
+/// the new host must not talk into it. Returns whether the port reopened.
+pub async fn reset_connection(max: Duration) -> bool {
+    let before = OPENS.load(Ordering::Acquire);
+    RESET.notify_one();
+    let reopened = async {
+        loop {
+            let opened = OPENED.notified();
+            tokio::pin!(opened);
+            opened.as_mut().enable();
+            if OPENS.load(Ordering::Acquire) > before {
+                return;
+            }
+            opened.await;
+        }
+    };
+    tokio::time::timeout(max, reopened).await.is_ok()
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// One connection on an opened port: nothing is written until the host's
+/// preface arrives (so a host that drains stale bytes before speaking loses
+/// none of ours), then HTTP/2 until it ends.
+async fn serve_opened<IO>(agent: Agent, io: IO) -> Result<(), BoxError>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let mut io = PrefaceSync::new(io);
+    if !io.synced().await? {
+        return Ok(());
+    }
+    Ok(serve_connection(agent, io).await?)
+}
+
 /// Serves the GCS on the virtio-serial port `name`, reopening it whenever the
-/// connection ends (bounded exponential backoff). Each connection starts at
-/// the next HTTP/2 preface, so leftovers of a broken connection are skipped.
-/// Never returns.
+/// connection ends (bounded exponential backoff) or [`reset_connection`]
+/// asks. Each connection starts at the next HTTP/2 preface, so leftovers of
+/// a broken connection are skipped. Never returns.
 pub async fn serve_port(agent: Agent, name: &str) -> ! {
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -166,14 +209,24 @@ pub async fn serve_port(agent: Agent, name: &str) -> ! {
                 // connection then runs on a worker, not on the thread that
                 // blocks on the agent's main future (measured: stdout
                 // 122 -> 85 MiB/s when driven inline there).
-                let conn = tokio::spawn(serve_connection(agent.clone(), PrefaceSync::new(io)));
-                match conn.await {
-                    Ok(Ok(())) => tracing::info!(port = name, "GCS connection ended; reopening"),
-                    Ok(Err(e)) => {
-                        tracing::warn!(port = name, error = %e, "GCS connection failed; reopening")
-                    }
-                    Err(e) => {
-                        tracing::error!(port = name, error = %e, "GCS connection task failed; reopening")
+                let mut conn = tokio::spawn(serve_opened(agent.clone(), io));
+                OPENS.fetch_add(1, Ordering::AcqRel);
+                OPENED.notify_waiters();
+                tokio::select! {
+                    r = &mut conn => match r {
+                        Ok(Ok(())) => tracing::info!(port = name, "GCS connection ended; reopening"),
+                        Ok(Err(e)) => {
+                            tracing::warn!(port = name, error = %e, "GCS connection failed; reopening")
+                        }
+                        Err(e) => {
+                            tracing::error!(port = name, error = %e, "GCS connection task failed; reopening")
+                        }
+                    },
+                    _ = RESET.notified() => {
+                        conn.abort();
+                        let _ = conn.await;
+                        tracing::info!(port = name, "GCS connection dropped for a new host; reopening");
+                        continue;
                     }
                 }
             }
@@ -182,7 +235,10 @@ pub async fn serve_port(agent: Agent, name: &str) -> ! {
         if started.elapsed() > Duration::from_secs(10) {
             backoff = MIN_BACKOFF;
         }
-        tokio::time::sleep(backoff).await;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = RESET.notified() => {}
+        }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }

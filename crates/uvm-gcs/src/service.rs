@@ -1,5 +1,6 @@
 //! The `uvm.gcs.v1.Gcs` gRPC service.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -10,9 +11,10 @@ use uvm_proto::gcs::{
     CreateContainerRequest, CreateContainerResponse, DeleteContainerRequest,
     DeleteContainerResponse, DumpStacksRequest, DumpStacksResponse, ExecInput, GuestStats,
     HvSocketAddress, ListContainersRequest, ListContainersResponse, MountRequest, MountResponse,
-    NegotiateRequest, NegotiateResponse, RemoveScsiDiskRequest, RemoveScsiDiskResponse,
-    SecurityPolicy, SetSecurityPolicyResponse, ShutdownRequest, ShutdownResponse,
-    SignalContainerRequest, SignalContainerResponse, StatsRequest, UnmountRequest, UnmountResponse,
+    NegotiateRequest, NegotiateResponse, QuiesceRequest, QuiesceResponse, RemoveScsiDiskRequest,
+    RemoveScsiDiskResponse, ResumeRequest, ResumeResponse, SecurityPolicy,
+    SetSecurityPolicyResponse, ShutdownRequest, ShutdownResponse, SignalContainerRequest,
+    SignalContainerResponse, StatsRequest, UnmountRequest, UnmountResponse,
     UpdateHvSocketAddressResponse,
 };
 use uvm_proto::PROTOCOL_VERSION;
@@ -55,6 +57,21 @@ pub struct Shared {
     pub mounts: Arc<Mounts>,
     /// Containers (DESIGN §11).
     pub containers: Containers,
+    /// Set by `Quiesce`, cleared by `Resume`: new work is refused meanwhile.
+    pub quiesced: AtomicBool,
+}
+
+impl Shared {
+    /// Refuses `what` while quiesced for a snapshot.
+    #[allow(clippy::result_large_err)] // tonic's own Status type
+    fn accepting(&self, what: &str) -> Result<(), Status> {
+        if self.quiesced.load(Ordering::Acquire) {
+            return Err(Status::failed_precondition(format!(
+                "{what} refused: the VM is quiesced for a snapshot until it is resumed"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The GCS service; cheap to clone.
@@ -80,6 +97,7 @@ impl Agent {
             }),
             mounts: Arc::new(Mounts::default()),
             containers: Containers::default(),
+            quiesced: AtomicBool::new(false),
         };
         Self {
             shared: Arc::new(shared),
@@ -166,6 +184,7 @@ impl Gcs for Agent {
                 stdout_ports: true,
                 mounts: true,
                 containers: true,
+                snapshots: true,
             }),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             kernel_release: kernel_release(),
@@ -179,6 +198,7 @@ impl Gcs for Agent {
         &self,
         request: Request<Streaming<ExecInput>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
+        self.shared.accepting("exec")?;
         exec_handler(self.shared.clone(), request.into_inner())
             .await
             .map(Response::new)
@@ -262,6 +282,7 @@ impl Gcs for Agent {
         &self,
         request: Request<MountRequest>,
     ) -> Result<Response<MountResponse>, Status> {
+        self.shared.accepting("mount")?;
         let req = request.into_inner();
         let _guard = self.shared.inflight.enter("Mount", req.target.clone());
         let mounts = self.shared.mounts.clone();
@@ -301,6 +322,7 @@ impl Gcs for Agent {
         &self,
         request: Request<CreateContainerRequest>,
     ) -> Result<Response<CreateContainerResponse>, Status> {
+        self.shared.accepting("creating a container")?;
         let req = request.into_inner();
         let _guard = self
             .shared
@@ -340,6 +362,47 @@ impl Gcs for Agent {
     ) -> Result<Response<ContainerStatistics>, Status> {
         let id = request.into_inner().id;
         self.shared.containers.stats(&id).await.map(Response::new)
+    }
+
+    async fn quiesce(
+        &self,
+        _: Request<QuiesceRequest>,
+    ) -> Result<Response<QuiesceResponse>, Status> {
+        // Set first: an Exec that slips past the count is refused instead.
+        let was = self.shared.quiesced.swap(true, Ordering::AcqRel);
+        let running = self.shared.inflight.count("Exec");
+        if running > 0 {
+            self.shared.quiesced.store(was, Ordering::Release);
+            return Err(Status::failed_precondition(format!(
+                "{running} process(es) started by exec still run; a snapshot needs them finished"
+            )));
+        }
+        tracing::info!("quiesced for a snapshot");
+        Ok(Response::new(QuiesceResponse {
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }))
+    }
+
+    async fn resume(
+        &self,
+        request: Request<ResumeRequest>,
+    ) -> Result<Response<ResumeResponse>, Status> {
+        let req = request.into_inner();
+        let mut step_ns = 0i64;
+        if self.shared.role == Role::Init {
+            if req.unix_time_ns > 0 {
+                step_ns = crate::init::step_clock(req.unix_time_ns)
+                    .map_err(|e| Status::internal(format!("stepping the clock failed: {e}")))?;
+            }
+            if !req.hostname.is_empty() {
+                crate::init::set_hostname(&req.hostname);
+            }
+        }
+        self.shared.quiesced.store(false, Ordering::Release);
+        tracing::info!(clock_step_ms = step_ns / 1_000_000, hostname = %req.hostname, "resumed");
+        Ok(Response::new(ResumeResponse {
+            clock_step_ns: step_ns,
+        }))
     }
 
     async fn list_containers(

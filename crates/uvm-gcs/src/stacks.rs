@@ -85,6 +85,11 @@ impl InFlight {
         }
     }
 
+    /// How many requests named `name` are in flight.
+    pub fn count(&self, name: &str) -> usize {
+        self.lock().values().filter(|e| e.name == name).count()
+    }
+
     /// One line per in-flight request, plus its captured stack.
     pub fn render(&self, out: &mut String) {
         let entries = self.lock();

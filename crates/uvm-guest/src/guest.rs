@@ -178,25 +178,81 @@ impl Guest {
     /// over it. Cancel-safe: dropping it before the accept leaves the listener
     /// in place for a later call.
     pub async fn connect(&self, timeout: Duration) -> Result<(), GuestError> {
-        let stream = {
-            let mut slot = self.listener.lock().await;
-            let listener = slot.as_ref().ok_or(GuestError::ListenerUsed)?;
-            let accepted = tokio::select! {
-                r = tokio::time::timeout(timeout, listener.accept()) => r,
-                _ = self.closed.cancelled() => return Err(GuestError::Closed),
-            };
-            let (stream, _) = accepted
-                .map_err(|_| GuestError::Timeout {
-                    op: "GCS connect",
-                    timeout,
-                })?
-                .map_err(GuestError::Accept)?;
-            *slot = None;
-            stream
-        };
+        let stream = self.accept(timeout).await?;
         self.attach(stream).await?;
         self.stdout_ports.accept_in_background(self.closed.clone());
         Ok(())
+    }
+
+    /// [`Guest::connect`] for a VM restored from a snapshot: once the agent
+    /// has dropped the connection its snapshot captured
+    /// ([`crate::reseed_restored`]), whatever that connection left on the
+    /// socket is read and discarded before the new connection speaks.
+    pub async fn connect_restored(&self, timeout: Duration) -> Result<(), GuestError> {
+        let stream = self.accept(timeout).await?;
+        let mut stale = 0usize;
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.try_read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => stale += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(GuestError::Accept(e)),
+            }
+        }
+        if stale > 0 {
+            tracing::debug!(vm_id = %self.vm_id, bytes = stale, "discarded what the snapshot's GCS connection left");
+        }
+        self.attach(stream).await?;
+        self.stdout_ports.accept_in_background(self.closed.clone());
+        Ok(())
+    }
+
+    async fn accept(&self, timeout: Duration) -> Result<tokio::net::UnixStream, GuestError> {
+        let mut slot = self.listener.lock().await;
+        let listener = slot.as_ref().ok_or(GuestError::ListenerUsed)?;
+        let accepted = tokio::select! {
+            r = tokio::time::timeout(timeout, listener.accept()) => r,
+            _ = self.closed.cancelled() => return Err(GuestError::Closed),
+        };
+        let (stream, _) = accepted
+            .map_err(|_| GuestError::Timeout {
+                op: "GCS connect",
+                timeout,
+            })?
+            .map_err(GuestError::Accept)?;
+        *slot = None;
+        Ok(stream)
+    }
+
+    /// Asks the agent to refuse new work until [`Guest::resume`] (before a
+    /// snapshot); returns its version. Fails while exec'd processes run.
+    pub async fn quiesce(&self) -> Result<String, GuestError> {
+        self.call("quiesce", self.rpc_timeout, |mut c| async move {
+            c.quiesce(gcs::QuiesceRequest {}).await
+        })
+        .await
+        .map(|r| r.agent_version)
+    }
+
+    /// Ends a quiesce: steps the guest clock to the host's now, sets
+    /// `hostname` when given. Returns the clock step (host minus guest).
+    pub async fn resume(&self, hostname: Option<&str>) -> Result<std::time::Duration, GuestError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let req = gcs::ResumeRequest {
+            unix_time_ns: now.as_nanos() as u64,
+            hostname: hostname.unwrap_or_default().to_string(),
+        };
+        let r = self
+            .call("resume", self.rpc_timeout, |mut c| async move {
+                c.resume(req).await
+            })
+            .await?;
+        Ok(std::time::Duration::from_nanos(
+            r.clock_step_ns.unsigned_abs(),
+        ))
     }
 
     /// Sets up the gRPC client over an already-connected stream. The channel

@@ -41,7 +41,7 @@ pub use containers::{
 pub use error::{GuestError, MountErrorKind};
 pub use exec_paths::{ExecRequest, FIFO_OPEN_TIMEOUT};
 pub use guest::{GcsIo, Guest, Negotiated, DEFAULT_RPC_TIMEOUT};
-pub use logs::{relay_logs, send_entropy, MAX_LOG_LINE};
+pub use logs::{relay_logs, reseed_restored, send_entropy, MAX_LOG_LINE};
 pub use process::{
     ContainerTarget, ExitOutcome, Process, ProcessControl, ProcessExit, ProcessOutput, ProcessSpec,
     ProcessStdin,

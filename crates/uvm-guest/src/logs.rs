@@ -89,6 +89,33 @@ pub async fn send_entropy<W: AsyncWrite + Unpin>(stream: &mut W) -> std::io::Res
     stream.flush().await
 }
 
+/// Tells the agent of a VM restored from a snapshot that it was: writes
+/// fresh entropy (which it credits, then reseeds its CRNG and drops the GCS
+/// connection the snapshot captured) and waits, at most `timeout`, for its
+/// one-byte answer. Like [`send_entropy`], the stream stays open.
+pub async fn reseed_restored<S: AsyncWrite + AsyncRead + Unpin>(
+    stream: &mut S,
+    timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    send_entropy(stream).await?;
+    let mut ack = [0u8; 1];
+    match tokio::time::timeout(timeout, stream.read_exact(&mut ack)).await {
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the restored agent did not answer the reseed within {timeout:?}"),
+        )),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(_)) if ack[0] == uvm_proto::ports::RESEEDED_ACK => Ok(()),
+        Ok(Ok(_)) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the restored agent answered the reseed with byte {:#04x}",
+                ack[0]
+            ),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

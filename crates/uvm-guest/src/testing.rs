@@ -150,6 +150,7 @@ impl gcs_server::Gcs for FakeGcs {
                 mounts: true,
                 // The fake runs no containers: an agent without the capability.
                 containers: false,
+                snapshots: false,
             }),
             agent_version: "fake".into(),
             kernel_release: "fake".into(),
@@ -379,6 +380,20 @@ impl gcs_server::Gcs for FakeGcs {
         _: Request<gcs::ListContainersRequest>,
     ) -> Result<Response<gcs::ListContainersResponse>, Status> {
         Err(no_containers())
+    }
+
+    async fn quiesce(
+        &self,
+        _: Request<gcs::QuiesceRequest>,
+    ) -> Result<Response<gcs::QuiesceResponse>, Status> {
+        Err(Status::unimplemented("this agent takes no snapshots"))
+    }
+
+    async fn resume(
+        &self,
+        _: Request<gcs::ResumeRequest>,
+    ) -> Result<Response<gcs::ResumeResponse>, Status> {
+        Err(Status::unimplemented("this agent takes no snapshots"))
     }
 }
 

@@ -54,6 +54,9 @@ pub mod ports {
     pub const ENTROPY: &str = "00000001-facb-11e6-bd58-64006a7986d3";
     /// Bytes of entropy the host sends on the entropy channel.
     pub const ENTROPY_BYTES: usize = 512;
+    /// The agent's answer on the entropy port once it has re-seeded after a
+    /// restore and dropped the GCS connection the snapshot captured.
+    pub const RESEEDED_ACK: u8 = b'R';
 
     /// vsock port of the first stdout port; port `i` is `STDOUT_VSOCK_PORT_BASE + i`.
     pub const STDOUT_VSOCK_PORT_BASE: u32 = 0x4000_1000;
