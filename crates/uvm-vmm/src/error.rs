@@ -91,6 +91,14 @@ pub enum VmmError {
         /// Why, as a sentence.
         reason: String,
     },
+    /// Saving or loading the VM state failed; `reason` is QEMU's.
+    #[error("{step} failed: {reason}")]
+    Migration {
+        /// What we were doing.
+        step: &'static str,
+        /// QEMU's error text.
+        reason: String,
+    },
     /// Other I/O while driving the VM.
     #[error("{context}: {source}")]
     Io {

@@ -69,5 +69,8 @@ pub use error::VmmError;
 pub use exit::{exit_reason, signal_name, ExitFacts, ExitReason, VmStatistics};
 pub use qemu::{Accel, QemuConfig, QemuHypervisor, QemuVm, DEFAULT_TB_SIZE_MB};
 pub use runtime_dir::sweep_stale_runtime_dirs;
-pub use traits::{DiskAttachment, Hypervisor, ScsiInventory, UtilityVm};
+pub use traits::{
+    DiskAttachment, Hypervisor, HypervisorInfo, Incoming, SavedState, ScsiInventory, UtilityVm,
+    MEMORY_FILE, STATE_FILE,
+};
 pub use tsc::{host_tsc_khz, with_tsc_hint};

@@ -32,6 +32,45 @@ pub struct ScsiInventory {
     pub block_nodes: Vec<String>,
 }
 
+/// File of a saved VM's device (and, without a memory file, RAM) state.
+pub const STATE_FILE: &str = "state";
+/// File of a saved VM's RAM when it was a shared memfd (sparse: only the
+/// pages the guest touched hold data).
+pub const MEMORY_FILE: &str = "memory";
+
+/// What [`UtilityVm::save_state`] wrote.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SavedState {
+    /// Size of [`STATE_FILE`].
+    pub state_bytes: u64,
+    /// Whether guest RAM went to [`MEMORY_FILE`] instead of the state stream.
+    pub memory_file: bool,
+    /// Bytes of RAM data written to [`MEMORY_FILE`] (the rest is holes).
+    pub memory_data_bytes: u64,
+}
+
+/// How a VM created for a restore gets its state (see
+/// [`Hypervisor::create_incoming`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Incoming {
+    /// The snapshot's [`MEMORY_FILE`], mapped copy-on-write as guest RAM;
+    /// `None` when RAM comes in the state stream.
+    pub memory_file: Option<PathBuf>,
+}
+
+/// The hypervisor facts a snapshot records and a restore compares.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HypervisorInfo {
+    /// `major.minor.micro`.
+    pub version: String,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// Machine type (`microvm`, `q35`).
+    pub machine: String,
+    /// The argv the VM runs with (without the binary).
+    pub argv: Vec<String>,
+}
+
 fn unsupported(what: &str) -> VmmError {
     VmmError::Unsupported(format!("{what} is not supported by this backend"))
 }
@@ -48,6 +87,25 @@ pub trait Hypervisor: Send + Sync {
         doc: &ComputeSystem,
         channels: &ChannelSet,
     ) -> Result<Arc<dyn UtilityVm>, VmmError>;
+
+    /// Like [`Hypervisor::create`], but the VM waits for a saved state
+    /// ([`UtilityVm::load_state`]) instead of booting. `doc` and `channels`
+    /// must be the ones the state was saved with.
+    async fn create_incoming(
+        &self,
+        _id: &str,
+        _doc: &ComputeSystem,
+        _channels: &ChannelSet,
+        _incoming: &Incoming,
+    ) -> Result<Arc<dyn UtilityVm>, VmmError> {
+        Err(unsupported("restoring a saved VM"))
+    }
+
+    /// The facts [`HypervisorInfo`] holds for VMs this backend would create
+    /// now (version, accelerator), without creating one.
+    async fn probe_info(&self) -> Result<HypervisorInfo, VmmError> {
+        Err(unsupported("describing the hypervisor"))
+    }
 }
 
 /// One VM created by a [`Hypervisor`].
@@ -125,5 +183,29 @@ pub trait UtilityVm: Send + Sync {
     /// use); returns the cgroup holding them.
     async fn set_cpu_limits(&self, _limits: &CpuLimits) -> Result<PathBuf, VmmError> {
         Err(unsupported("limiting CPU"))
+    }
+
+    /// Stops the vCPUs of a running VM (the VM stays, frozen).
+    async fn pause(&self) -> Result<(), VmmError> {
+        Err(unsupported("pausing"))
+    }
+    /// Restarts the vCPUs after [`UtilityVm::pause`].
+    async fn resume(&self) -> Result<(), VmmError> {
+        Err(unsupported("resuming"))
+    }
+    /// Writes the paused VM's state into `dir` ([`STATE_FILE`], and
+    /// [`MEMORY_FILE`] when guest RAM can be written as a file). `dir`
+    /// exists; the files must not.
+    async fn save_state(&self, _dir: &Path) -> Result<SavedState, VmmError> {
+        Err(unsupported("saving a VM"))
+    }
+    /// Loads `state` (a [`STATE_FILE`]) into a VM made by
+    /// [`Hypervisor::create_incoming`]; it stays paused until `start`.
+    async fn load_state(&self, _state: &Path) -> Result<(), VmmError> {
+        Err(unsupported("loading a saved VM"))
+    }
+    /// The hypervisor facts of this VM.
+    fn hypervisor_info(&self) -> HypervisorInfo {
+        HypervisorInfo::default()
     }
 }

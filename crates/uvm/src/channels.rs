@@ -35,6 +35,36 @@ pub(crate) fn spawn_entropy(listener: UnixListener, gone: CancellationToken, vm_
     });
 }
 
+/// How long the restored agent may take to answer the reseed.
+const RESEED_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Restore: accepts the entropy connection, has the agent reseed and drop
+/// the GCS connection its snapshot captured (bounded), then holds the
+/// connection open until the VM is gone, as [`spawn_entropy`] does.
+pub(crate) async fn reseed_restored(
+    listener: UnixListener,
+    gone: CancellationToken,
+    vm_id: String,
+) -> Result<(), crate::Error> {
+    let io = crate::Error::Reseed;
+    let (mut stream, _) = tokio::time::timeout(RESEED_TIMEOUT, listener.accept())
+        .await
+        .map_err(|_| crate::Error::Timeout {
+            op: "entropy connection of the restored VM",
+            timeout: RESEED_TIMEOUT,
+        })?
+        .map_err(io)?;
+    uvm_guest::reseed_restored(&mut stream, RESEED_TIMEOUT)
+        .await
+        .map_err(io)?;
+    tracing::debug!(target: "uvm::lifecycle", vm_id, "restored guest reseeded");
+    tokio::spawn(async move {
+        gone.cancelled().await;
+        drop(stream);
+    });
+    Ok(())
+}
+
 /// Counts a running relay in `active` for its lifetime (also on abort or panic).
 struct Active(watch::Sender<usize>);
 

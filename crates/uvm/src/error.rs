@@ -55,6 +55,19 @@ pub enum Error {
         /// The channel role.
         role: &'static str,
     },
+    /// The restored guest did not take fresh entropy (and so still holds the
+    /// snapshot's RNG state and GCS connection).
+    #[error("the restored guest did not reseed")]
+    Reseed(#[source] std::io::Error),
+    /// A snapshot cannot be taken into, or restored from, `dir`.
+    #[error("snapshot {}", dir.display())]
+    Snapshot {
+        /// The snapshot dir.
+        dir: std::path::PathBuf,
+        /// What is wrong.
+        #[source]
+        source: crate::SnapshotError,
+    },
     /// The VM backend failed during `op`.
     #[error("{op}")]
     Vmm {

@@ -55,6 +55,7 @@ mod error;
 mod lifecycle;
 mod manager;
 mod options;
+mod snapshot;
 mod start;
 mod state;
 mod stats;
@@ -67,6 +68,10 @@ pub use manager::Manager;
 pub use options::{
     CreateOptions, ExitStatus, ManagerConfig, StartOptions, DEFAULT_GCS_TIMEOUT,
     DEFAULT_RPC_TIMEOUT, VM_EXIT_GRACE,
+};
+pub use snapshot::{
+    AfterSnapshot, FileFingerprint, RestoreOptions, SavedFile, SnapshotError, SnapshotManifest,
+    MANIFEST_FILE, MANIFEST_FORMAT,
 };
 pub use state::{transition, Event, InvalidTransition, State, Transition};
 pub use uvm_guest::{

@@ -16,7 +16,7 @@ use crate::{CreateOptions, Error, Event, ExitError, ExitStatus, Guest, State};
 /// Longest accepted VM id.
 const MAX_ID_LEN: usize = 128;
 
-fn validate_id(id: &str) -> Result<(), Error> {
+pub(crate) fn validate_id(id: &str) -> Result<(), Error> {
     let bad = |reason| {
         Err(Error::InvalidId {
             id: id.to_string(),
@@ -91,12 +91,40 @@ impl Inner {
         let gcs_port = uvm_proto::ports::GCS.to_string();
         let doc = with_agent_cmdline(&opts.document, &opts.id, platform, &gcs_port);
         let lcow = platform == Platform::Lcow;
-        let channels = uvm_guest::channel_set(&gcs_port, lcow, self.config.stdout_ports);
+        let stdout_ports = self
+            .config
+            .stdout_ports
+            .min(uvm_proto::ports::MAX_STDOUT_PORTS);
+        let channels = uvm_guest::channel_set(&gcs_port, lcow, stdout_ports);
         let vm = self
             .hypervisor
             .create(&opts.id, &doc, &channels)
             .await
             .map_err(|e| Error::vmm("create VM", e))?;
+        self.adopt_created(&opts.id, doc, platform, gcs_port, stdout_ports, vm)
+            .await?;
+        self.apply(Event::CreateOk)
+            .map_err(|e| Error::InvalidState {
+                op: "create_vm",
+                state: e.from,
+            })?;
+        tracing::info!(target: "uvm::lifecycle", vm_id = %opts.id, platform = platform_name(platform), "VM created");
+        Ok(())
+    }
+
+    /// Takes a VM the backend just created: its channels, the guest around
+    /// the GCS listener, the exit watcher. Closes the VM when a channel is
+    /// missing. The caller applies `CreateOk`.
+    pub(crate) async fn adopt_created(
+        self: &Arc<Self>,
+        id: &str,
+        doc: ComputeSystem,
+        platform: Platform,
+        gcs_port: String,
+        stdout_ports: u32,
+        vm: Arc<dyn UtilityVm>,
+    ) -> Result<(), Error> {
+        let lcow = platform == Platform::Lcow;
         let gcs = vm.take_channel(GCS_ROLE);
         let log = vm.take_channel(LOG_ROLE);
         let entropy = if lcow {
@@ -112,37 +140,33 @@ impl Inner {
         };
         if let Some(role) = missing {
             if let Err(e) = vm.close().await {
-                tracing::warn!(target: "uvm::lifecycle", vm_id = %opts.id, error = %e, "closing VM after failed create");
+                tracing::warn!(target: "uvm::lifecycle", vm_id = %id, error = %e, "closing VM after failed create");
             }
             return Err(Error::MissingChannel { role });
         }
-        let stdout_ports = (0..uvm_proto::ports::MAX_STDOUT_PORTS)
+        let stdout_listeners = (0..uvm_proto::ports::MAX_STDOUT_PORTS)
             .filter_map(|i| {
                 let listener = vm.take_channel(&uvm_guest::stdout_role(i))?;
                 Some((uvm_proto::ports::stdout_port_name(i), listener))
             })
             .collect();
-        let guest = Guest::new(opts.id.clone(), gcs)
+        let guest = Guest::new(id.to_string(), gcs)
             .with_rpc_timeout(self.config.rpc_timeout)
             .with_vm_exit_grace(crate::VM_EXIT_GRACE)
-            .with_stdout_ports(stdout_ports);
+            .with_stdout_ports(stdout_listeners);
+        *self.devices.lock().await = Some(crate::devices::Devices::for_document(&doc));
         *lock(&self.info) = Some(VmInfo {
-            id: opts.id.clone(),
+            id: id.to_string(),
             platform,
             gcs_port,
             assigned_memory_bytes: doc.memory_mb() << 20,
+            stdout_ports,
+            document: doc,
         });
-        *self.devices.lock().await = Some(crate::devices::Devices::for_document(&doc));
         *lock(&self.listeners) = Listeners { log, entropy };
         *lock(&self.guest) = Some(Arc::new(guest));
         *lock(&self.vm) = Some(vm.clone());
         self.clone().spawn_exit_watcher(vm);
-        self.apply(Event::CreateOk)
-            .map_err(|e| Error::InvalidState {
-                op: "create_vm",
-                state: e.from,
-            })?;
-        tracing::info!(target: "uvm::lifecycle", vm_id = %opts.id, platform = platform_name(platform), "VM created");
         Ok(())
     }
 

@@ -25,6 +25,10 @@ pub(crate) struct VmInfo {
     pub platform: Platform,
     pub gcs_port: String,
     pub assigned_memory_bytes: u64,
+    /// Stdout ports the VM was wired with.
+    pub stdout_ports: u32,
+    /// The document as given to the backend (agent settings in its cmdline).
+    pub document: uvm_schema::ComputeSystem,
 }
 
 /// Listeners kept between create and start.
@@ -64,6 +68,8 @@ pub(crate) struct Inner {
     pub vm_gone: CancellationToken,
     /// Runtime devices (LUNs, shares, guest mounts); set at create.
     pub devices: tokio::sync::Mutex<Option<crate::devices::Devices>>,
+    /// Set by a create from a snapshot: start loads and resumes instead of booting.
+    pub restore: Mutex<Option<crate::snapshot::RestorePlan>>,
 }
 
 /// Transitions a slow subscriber may fall behind before it lags.
@@ -228,6 +234,7 @@ impl Manager {
             logs_active: watch::Sender::new(0),
             vm_gone: CancellationToken::new(),
             devices: tokio::sync::Mutex::new(None),
+            restore: Mutex::new(None),
         };
         Manager {
             inner: Arc::new(inner),
@@ -261,6 +268,32 @@ impl Manager {
     /// The platform variant in use, once created.
     pub fn platform(&self) -> Option<Platform> {
         self.inner.info().map(|i| i.platform)
+    }
+
+    /// Snapshots the Running VM into `dir` (made 0700; an existing one must
+    /// be empty): the agent is quiesced, the vCPUs paused, the state and
+    /// [`crate::SnapshotManifest`] written; then the VM resumes or
+    /// terminates, as `then` says. Fails, changing nothing, while exec'd
+    /// processes run in the guest or a share is mounted in it (QEMU cannot
+    /// migrate a mounted 9p export).
+    pub async fn snapshot(
+        &self,
+        dir: impl Into<std::path::PathBuf>,
+        then: crate::AfterSnapshot,
+    ) -> Result<crate::SnapshotManifest, Error> {
+        let inner = self.inner.clone();
+        let dir = dir.into();
+        owned(async move { inner.snapshot(dir, then).await }).await
+    }
+
+    /// `create_vm` from a snapshot (NotCreated → Created): checks the dir
+    /// (ours, 0700), the manifest, the saved files, the kernel/initrd and the
+    /// QEMU version, then spawns QEMU waiting for the state. `start_vm` loads
+    /// it and resumes the guest, which reseeds its RNG, steps its clock and
+    /// takes the new hostname. Nothing is left behind when it fails.
+    pub async fn create_vm_from_snapshot(&self, opts: crate::RestoreOptions) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        owned(async move { inner.create_from_snapshot(opts).await }).await
     }
 
     /// A receiver of the current state; changes may coalesce (use

@@ -10,7 +10,7 @@ use uvm_guest::GuestError;
 use uvm_schema::Platform;
 use uvm_vmm::UtilityVm;
 
-use crate::channels::{spawn_entropy, spawn_log_relay};
+use crate::channels::{reseed_restored, spawn_entropy, spawn_log_relay};
 use crate::manager::{lock, Inner, Listeners};
 use crate::{Error, Event, ExitError, StartOptions, State};
 
@@ -140,8 +140,16 @@ impl Inner {
                 "gcs_service_id differs from the GCS channel wired at create",
             ));
         }
-        let Listeners { log, entropy } = std::mem::take(&mut *lock(&self.listeners));
-        if let Some(l) = entropy {
+        let restore = lock(&self.restore).clone();
+        let Listeners { log, mut entropy } = std::mem::take(&mut *lock(&self.listeners));
+        if let Some(plan) = &restore {
+            race(abort, &vm, "load snapshot", async {
+                vm.load_state(&plan.state)
+                    .await
+                    .map_err(|e| Error::vmm("load the snapshot", e))
+            })
+            .await?;
+        } else if let Some(l) = entropy.take() {
             spawn_entropy(l, self.vm_gone.clone(), info.id.clone());
         }
         if let Some(l) = log {
@@ -160,6 +168,17 @@ impl Inner {
         .await?;
         let cont = t0.elapsed();
         let started = vm.started_time().unwrap_or_else(SystemTime::now);
+        if restore.is_some() {
+            let Some(l) = entropy else {
+                return Err(Error::MissingChannel {
+                    role: uvm_guest::ENTROPY_ROLE,
+                });
+            };
+            race(abort, &vm, "reseed the restored guest", async {
+                reseed_restored(l, self.vm_gone.clone(), info.id.clone()).await
+            })
+            .await?;
+        }
         // One budget for connect + Negotiate: QEMU connects the GCS chardev
         // at spawn, so `connect` returns at once and the first RPC is what
         // waits for the guest to boot. It gets what is left of gcs_timeout,
@@ -167,7 +186,11 @@ impl Inner {
         let timeout = self.config.gcs_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let handshake = async {
-            guest.connect(timeout).await.map_err(|e| match e {
+            let connected = match restore {
+                Some(_) => guest.connect_restored(timeout).await,
+                None => guest.connect(timeout).await,
+            };
+            connected.map_err(|e| match e {
                 GuestError::Timeout { .. } => Error::Timeout {
                     op: "GCS connect",
                     timeout,
@@ -207,6 +230,17 @@ impl Inner {
                 })?
         };
         race(abort, &vm, "connect to guest", bounded).await?;
+        if let Some(plan) = &restore {
+            let resume = async {
+                let step = guest
+                    .resume(Some(&plan.hostname))
+                    .await
+                    .map_err(|e| Error::guest("resume the restored guest", e))?;
+                tracing::debug!(target: "uvm::lifecycle", vm_id = %info.id, clock_step_ms = step.as_secs_f64() * 1e3, "restored guest resumed");
+                Ok(())
+            };
+            race(abort, &vm, "resume the restored guest", resume).await?;
+        }
         if info.platform == Platform::Wcow {
             let parent = opts.gcs_service_id.to_string();
             let finalize = async {

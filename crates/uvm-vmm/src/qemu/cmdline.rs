@@ -18,6 +18,14 @@ pub enum Machine {
 }
 
 impl Machine {
+    /// QEMU's name of the machine type.
+    pub fn name(self) -> &'static str {
+        match self {
+            Machine::Microvm => "microvm",
+            Machine::Q35 => "q35",
+        }
+    }
+
     /// The suffix of virtio device names on this machine (`device` = virtio-mmio, `pci`).
     fn virtio(self, base: &str) -> String {
         match self {
@@ -302,6 +310,20 @@ impl Share {
 /// The `-sandbox` value used when the binary supports it.
 pub const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
+/// What backs guest RAM.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum GuestMemory {
+    /// Anonymous memory of the QEMU process (the default).
+    #[default]
+    Anonymous,
+    /// A memfd mapped shared, so the host can read guest RAM while the VM
+    /// is paused and a snapshot can write it out as a file of its own.
+    SharedMemfd,
+    /// A file mapped private (copy-on-write): a snapshot's RAM that many
+    /// restored VMs share in the page cache until they write to it.
+    PrivateFile(PathBuf),
+}
+
 /// A whole QEMU invocation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QemuCommand {
@@ -315,8 +337,14 @@ pub struct QemuCommand {
     pub tb_size_mb: u32,
     /// Guest memory (MiB).
     pub memory_mb: u64,
-    /// Preallocate guest memory (`AllowOvercommit=false`).
+    /// Preallocate guest memory (`AllowOvercommit=false`; not for a
+    /// private file, whose pages would all be copied).
     pub prealloc: bool,
+    /// What backs guest RAM.
+    pub memory: GuestMemory,
+    /// Start waiting for an incoming migration (`-incoming defer`; the
+    /// state then comes through QMP `migrate-incoming`).
+    pub incoming: bool,
     /// vCPUs.
     pub cpus: u32,
     /// Kernel image.
@@ -371,6 +399,12 @@ impl QemuCommand {
             "-name".to_string(),
             format!("guest={},debug-threads=on", self.name),
         ])
+        .chain(
+            self.incoming
+                .then(|| ["-incoming".to_string(), "defer".to_string()])
+                .into_iter()
+                .flatten(),
+        )
         .collect()
     }
 
@@ -380,7 +414,7 @@ impl QemuCommand {
             Machine::Microvm => "microvm,x-option-roms=off".to_string(),
             Machine::Q35 => "q35".to_string(),
         };
-        if self.prealloc {
+        if self.prealloc || self.memory != GuestMemory::Anonymous {
             m.push_str(",memory-backend=mem0");
         }
         let accel = match self.accel {
@@ -397,14 +431,23 @@ impl QemuCommand {
     /// `-m`, preallocation backend, `-smp`.
     pub fn memory_cpu_args(&self) -> Vec<String> {
         let mut v = vec!["-m".into(), format!("{}M", self.memory_mb)];
-        if self.prealloc {
-            v.extend([
-                "-object".into(),
-                format!(
-                    "memory-backend-ram,id=mem0,size={}M,prealloc=on",
-                    self.memory_mb
-                ),
-            ]);
+        let size = self.memory_mb;
+        let prealloc = if self.prealloc { ",prealloc=on" } else { "" };
+        let backend = match &self.memory {
+            GuestMemory::Anonymous if self.prealloc => {
+                Some(format!("memory-backend-ram,id=mem0,size={size}M{prealloc}"))
+            }
+            GuestMemory::Anonymous => None,
+            GuestMemory::SharedMemfd => Some(format!(
+                "memory-backend-memfd,id=mem0,size={size}M,share=on{prealloc}"
+            )),
+            GuestMemory::PrivateFile(p) => Some(format!(
+                "memory-backend-file,id=mem0,size={size}M,share=off,mem-path={}",
+                esc(p)
+            )),
+        };
+        if let Some(b) = backend {
+            v.extend(["-object".into(), b]);
         }
         v.extend(["-smp".into(), self.cpus.to_string()]);
         v

@@ -11,6 +11,7 @@ mod binary;
 mod cmdline;
 mod devices;
 mod hotplug;
+mod migration;
 mod process;
 mod vm;
 
@@ -27,10 +28,11 @@ pub use accel::{choose_accel, cpu_has_virt, detect_accel, Accel};
 pub use binary::{find_qemu, parse_version, probe_binary, BinaryProbe, MIN_VERSION, QEMU_BINARY};
 pub use cmdline::{
     detect_disk_format, detect_kernel_format, disk_device_id, disk_node_name, ChannelPort, Disk,
-    DiskFormat, KernelFormat, Machine, QemuCommand, SerialBackend, SerialPort, Share, BALLOON_ID,
-    SANDBOX, SCSI_HBA_ID, SHARES_TAG, SHARE_EXPORT_ID,
+    DiskFormat, GuestMemory, KernelFormat, Machine, QemuCommand, SerialBackend, SerialPort, Share,
+    BALLOON_ID, SANDBOX, SCSI_HBA_ID, SHARES_TAG, SHARE_EXPORT_ID,
 };
 pub use hotplug::DEVICE_REMOVE_TIMEOUT;
+pub use migration::MIGRATION_TIMEOUT;
 pub use process::{Tail, CONSOLE_TAIL_BYTES, STDERR_TAIL_BYTES};
 pub use vm::{QemuVm, KILL_REAP_TIMEOUT, QMP_COMMAND_TIMEOUT};
 
@@ -38,7 +40,7 @@ use crate::qmp::QmpClient;
 use crate::runtime_dir::{
     default_runtime_root, restrict_socket, sweep_stale_runtime_dirs, valid_vm_id, RuntimeDir,
 };
-use crate::{ChannelSet, ExitReason, Hypervisor, UtilityVm, VmmError};
+use crate::{ChannelSet, ExitReason, Hypervisor, HypervisorInfo, Incoming, UtilityVm, VmmError};
 
 /// Default TCG translation-cache cap (MiB).
 ///
@@ -72,6 +74,10 @@ pub struct QemuConfig {
     pub qmp_timeout: Duration,
     /// Extra arguments appended to the QEMU command line.
     pub extra_args: Vec<String>,
+    /// Guest RAM in a shared memfd ([`GuestMemory::SharedMemfd`]), so a
+    /// snapshot writes it as a file that restored VMs map copy-on-write.
+    /// Off: anonymous RAM, and a snapshot carries RAM in its state stream.
+    pub shared_memory: bool,
 }
 
 impl Default for QemuConfig {
@@ -85,6 +91,7 @@ impl Default for QemuConfig {
             tb_size_mb: DEFAULT_TB_SIZE_MB,
             qmp_timeout: Duration::from_secs(10),
             extra_args: Vec::new(),
+            shared_memory: false,
         }
     }
 }
@@ -92,6 +99,7 @@ impl Default for QemuConfig {
 #[derive(Debug, Clone)]
 pub(crate) struct Probe {
     binary: PathBuf,
+    version: (u32, u32, u32),
     sandbox: bool,
     accel: Accel,
 }
@@ -147,7 +155,7 @@ impl QemuHypervisor {
                 }
                 let accel = self.config.accel.unwrap_or_else(detect_accel);
                 tracing::debug!(binary = %binary.display(), ?version, sandbox, accel = accel.as_str(), "QEMU probed");
-                Ok(Probe { binary, sandbox, accel })
+                Ok(Probe { binary, version, sandbox, accel })
             })
             .await
     }
@@ -158,6 +166,29 @@ impl QemuHypervisor {
         id: &str,
         doc: &ComputeSystem,
         channels: &ChannelSet,
+    ) -> Result<QemuVm, VmmError> {
+        self.create_vm_with(id, doc, channels, None).await
+    }
+
+    /// The version and accelerator VMs get from this backend.
+    pub async fn info(&self) -> Result<HypervisorInfo, VmmError> {
+        let p = self.probe().await?;
+        Ok(HypervisorInfo {
+            version: version_string(p.version),
+            accel: p.accel.as_str().to_string(),
+            machine: String::new(),
+            argv: Vec::new(),
+        })
+    }
+
+    /// [`QemuHypervisor::create_vm`], or with `incoming` a VM that waits for
+    /// a saved state (see [`Hypervisor::create_incoming`]).
+    pub async fn create_vm_with(
+        &self,
+        id: &str,
+        doc: &ComputeSystem,
+        channels: &ChannelSet,
+        incoming: Option<&Incoming>,
     ) -> Result<QemuVm, VmmError> {
         if !valid_vm_id(id) {
             return Err(VmmError::Unsupported(format!(
@@ -208,6 +239,7 @@ impl QemuHypervisor {
         match self
             .create_in(
                 &mut guard, id, doc, channels, &probe, machine, kernel, initrd, disks, shares,
+                incoming,
             )
             .await
         {
@@ -232,6 +264,7 @@ impl QemuHypervisor {
         initrd: Option<PathBuf>,
         disks: Vec<Disk>,
         shares: Vec<Share>,
+        incoming: Option<&Incoming>,
     ) -> Result<QemuVm, VmmError> {
         let dir = guard.dir.as_ref().expect("dir set").path().to_path_buf();
         let console_log = dir.join("console.log");
@@ -262,13 +295,25 @@ impl QemuHypervisor {
                 port_name: c.port_name.clone(),
             });
         }
+        let memory = match incoming {
+            Some(Incoming {
+                memory_file: Some(f),
+            }) => GuestMemory::PrivateFile(f.clone()),
+            Some(_) => GuestMemory::Anonymous,
+            None if self.config.shared_memory => GuestMemory::SharedMemfd,
+            None => GuestMemory::Anonymous,
+        };
+        let private_file = matches!(memory, GuestMemory::PrivateFile(_));
         let cmd = QemuCommand {
             name: id.to_string(),
             machine,
             accel: probe.accel,
             tb_size_mb: self.config.tb_size_mb,
             memory_mb: doc.memory_mb(),
-            prealloc: !doc.allow_overcommit(),
+            // Preallocating a private file mapping would copy every page.
+            prealloc: !doc.allow_overcommit() && !private_file,
+            memory: memory.clone(),
+            incoming: incoming.is_some(),
             cpus: doc.processor_count(),
             kernel,
             initrd,
@@ -361,7 +406,14 @@ impl QemuHypervisor {
             closed: tokio::sync::Mutex::new(false),
             terminate_grace: self.config.terminate_grace,
             assigned_memory_bytes: doc.memory_mb() * 1024 * 1024,
+            info: HypervisorInfo {
+                version: version_string(probe.version),
+                accel: probe.accel.as_str().to_string(),
+                machine: machine.name().to_string(),
+                argv: argv.clone(),
+            },
             argv,
+            memory,
             cgroup: tokio::sync::Mutex::new(None),
         })
     }
@@ -411,6 +463,27 @@ impl Hypervisor for QemuHypervisor {
     ) -> Result<Arc<dyn UtilityVm>, VmmError> {
         Ok(Arc::new(self.create_vm(id, doc, channels).await?))
     }
+
+    async fn create_incoming(
+        &self,
+        id: &str,
+        doc: &ComputeSystem,
+        channels: &ChannelSet,
+        incoming: &Incoming,
+    ) -> Result<Arc<dyn UtilityVm>, VmmError> {
+        Ok(Arc::new(
+            self.create_vm_with(id, doc, channels, Some(incoming))
+                .await?,
+        ))
+    }
+
+    async fn probe_info(&self) -> Result<HypervisorInfo, VmmError> {
+        self.info().await
+    }
+}
+
+fn version_string((a, b, c): (u32, u32, u32)) -> String {
+    format!("{a}.{b}.{c}")
 }
 
 /// Whether `path` looks like a kernel this backend can boot (ELF or bzImage).

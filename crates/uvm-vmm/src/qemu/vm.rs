@@ -34,6 +34,8 @@ pub struct QemuVm {
     pub(crate) terminate_grace: Duration,
     pub(crate) assigned_memory_bytes: u64,
     pub(crate) argv: Vec<String>,
+    pub(crate) memory: super::cmdline::GuestMemory,
+    pub(crate) info: crate::HypervisorInfo,
     pub(crate) cgroup: tokio::sync::Mutex<Option<crate::cgroup::VmCgroup>>,
 }
 
@@ -273,6 +275,26 @@ impl UtilityVm for QemuVm {
 
     async fn set_cpu_limits(&self, limits: &crate::CpuLimits) -> Result<PathBuf, VmmError> {
         self.cpu_limits(limits).await
+    }
+
+    async fn pause(&self) -> Result<(), VmmError> {
+        self.qmp_execute("stop", None).await.map(drop)
+    }
+
+    async fn resume(&self) -> Result<(), VmmError> {
+        self.qmp_execute("cont", None).await.map(drop)
+    }
+
+    async fn save_state(&self, dir: &Path) -> Result<crate::SavedState, VmmError> {
+        self.save_to(dir).await
+    }
+
+    async fn load_state(&self, state: &Path) -> Result<(), VmmError> {
+        self.load_from(state).await
+    }
+
+    fn hypervisor_info(&self) -> crate::HypervisorInfo {
+        self.info.clone()
     }
 }
 

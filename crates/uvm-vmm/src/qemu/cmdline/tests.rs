@@ -12,6 +12,8 @@ pub(crate) fn sample() -> QemuCommand {
         tb_size_mb: 64,
         memory_mb: 512,
         prealloc: false,
+        memory: GuestMemory::Anonymous,
+        incoming: false,
         cpus: 2,
         kernel: "/k/vmlinux".into(),
         initrd: Some("/k/initrd.img".into()),
@@ -124,6 +126,27 @@ fn machine_q35_kvm_prealloc() {
             "2"
         ])
     );
+}
+
+#[test]
+fn snapshot_memory_backends_and_incoming() {
+    let mut c = sample();
+    c.memory = GuestMemory::SharedMemfd;
+    assert!(c.machine_args()[1].ends_with(",memory-backend=mem0"));
+    assert_eq!(
+        c.memory_cpu_args()[3],
+        "memory-backend-memfd,id=mem0,size=512M,share=on"
+    );
+    c.memory = GuestMemory::PrivateFile("/snap,1/memory".into());
+    c.prealloc = true;
+    assert_eq!(
+        c.memory_cpu_args()[3],
+        "memory-backend-file,id=mem0,size=512M,share=off,mem-path=/snap,,1/memory"
+    );
+    assert!(!c.base_args().contains(&"-incoming".to_string()));
+    c.incoming = true;
+    let base = c.base_args();
+    assert_eq!(base[base.len() - 2..], s(&["-incoming", "defer"]));
 }
 
 #[test]
