@@ -9,6 +9,7 @@ AGENT        := target/$(AGENT_TARGET)/agent/uvm-gcs
 UVMCTL       := target/release/uvmctl
 DEMO_CMD     ?= uname -a
 DEMO_IMAGE   := target/busybox-oci.tar
+SNAPSHOT     := $${UVM_CACHE_DIR:-$${XDG_CACHE_HOME:-$$HOME/.cache}/uvm}/snapshot
 
 export UVM_AGENT := $(CURDIR)/$(AGENT)
 
@@ -24,13 +25,16 @@ agent:
 build: agent
 	$(CARGO) build --release -p uvmctl -p uvm-shim
 
-# Kernel (built once, ~6 min on 2 cores) and initramfs, both cached under ~/.cache/uvm.
+# Kernel (built once, ~6 min on 2 cores), initramfs and the default
+# snapshot (a booted UVM, for warm starts), all cached under ~/.cache/uvm.
 image: deps build
-	$(UVMCTL) image build
+	$(UVMCTL) image build --snapshot
 
 demo: image
-	@echo "+ uvmctl run --stats -- $(DEMO_CMD)"
+	@echo "+ uvmctl run --stats -- $(DEMO_CMD)          # cold: boots the kernel"
 	@$(UVMCTL) run --stats -- $(DEMO_CMD)
+	@echo "+ uvmctl run --stats --from-snapshot $(SNAPSHOT) -- $(DEMO_CMD)   # warm: restores a booted UVM"
+	@$(UVMCTL) run --stats --from-snapshot $(SNAPSHOT) -- $(DEMO_CMD)
 	@$(UVMCTL) image oci-busybox $(DEMO_IMAGE) >/dev/null
 	@echo "+ uvmctl run --image $(DEMO_IMAGE) -- sh -c 'echo pid \$$\$$ in \$$(hostname); ps'"
 	@$(UVMCTL) run --image $(DEMO_IMAGE) -- sh -c 'echo pid $$$$ in $$(hostname); ps'

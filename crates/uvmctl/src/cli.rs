@@ -29,6 +29,36 @@ pub enum Command {
     Image(ImageCommand),
     /// Measure boot, exec, throughput, terminate, memory and density against baselines.
     Bench(BenchArgs),
+    /// Snapshots: save a booted UVM so later ones start without booting.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `uvmctl snapshot ...`.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Boot a UVM, wait until it runs, snapshot it into DIR (made 0700), terminate it.
+    Create {
+        /// VM document (JSON) to boot instead of the default one.
+        #[arg(long, value_name = "FILE")]
+        doc: Option<PathBuf>,
+        /// Guest memory in MiB.
+        #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(64..=1_048_576))]
+        memory: Option<u64>,
+        /// Virtual CPUs.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=255))]
+        cpus: Option<u32>,
+        /// Guest kernel: tuned, stock or a path.
+        #[arg(long, value_name = "tuned|stock|PATH", default_value = "tuned")]
+        kernel: KernelChoice,
+        /// The snapshot dir (must not exist, or be empty).
+        dir: PathBuf,
+    },
+    /// Show what a snapshot holds and whether this host can restore it.
+    Info {
+        /// The snapshot dir.
+        dir: PathBuf,
+    },
 }
 
 /// Which guest kernel to boot.
@@ -118,6 +148,10 @@ pub struct RunArgs {
     /// VM id (default: uvmctl-<random>).
     #[arg(long)]
     pub id: Option<String>,
+    /// Start from this snapshot (`uvmctl snapshot create`) instead of
+    /// booting; the VM gets its own id, hostname, entropy and clock.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["doc", "memory", "cpus"])]
+    pub from_snapshot: Option<PathBuf>,
     /// Disk image hot-added once the VM runs and mounted at GUEST_DIR
     /// (default /mnt/disk<N>); `:ro` attaches and mounts it read-only. Its
     /// file system is read from its superblock. Repeatable.
@@ -154,6 +188,10 @@ pub enum ImageCommand {
         /// Which kernel(s) to prepare.
         #[arg(long, value_enum, default_value = "tuned")]
         kernel: ImageKernel,
+        /// Also make (or keep, if still valid) the default snapshot of the
+        /// tuned image, for `uvmctl run --from-snapshot`.
+        #[arg(long)]
+        snapshot: bool,
     },
     /// Show where the image parts are and whether they are built.
     Info,
@@ -257,6 +295,27 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn from_snapshot_excludes_boot_settings() {
+        let cli = parse(&["run", "--from-snapshot", "/s", "--", "true"]).unwrap();
+        let Command::Run(r) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(r.from_snapshot, Some(PathBuf::from("/s")));
+        assert!(parse(&[
+            "run",
+            "--from-snapshot",
+            "/s",
+            "--memory",
+            "256",
+            "--",
+            "true"
+        ])
+        .is_err());
+        assert!(parse(&["snapshot", "create", "/s"]).is_ok());
+        assert!(parse(&["snapshot", "create"]).is_err());
     }
 
     #[test]

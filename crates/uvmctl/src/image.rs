@@ -149,7 +149,7 @@ pub async fn doc(args: DocArgs) -> anyhow::Result<()> {
 /// `uvmctl image build|info|oci-busybox`.
 pub async fn image(cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Build { kernel } => {
+        ImageCommand::Build { kernel, snapshot } => {
             let kinds = match kernel {
                 ImageKernel::Tuned => vec![KernelKind::Tuned],
                 ImageKernel::Stock => vec![KernelKind::Stock],
@@ -164,6 +164,10 @@ pub async fn image(cmd: ImageCommand) -> anyhow::Result<()> {
                     // config names none.
                     let record = uvm_image::record_default_image(&uvm_image::cache_dir(), &img)?;
                     println!("default: {}", record.display());
+                    if snapshot {
+                        let dir = crate::snapshot::ensure_default_snapshot(&img).await?;
+                        println!("snapshot: {}", dir.display());
+                    }
                 }
             }
             Ok(())

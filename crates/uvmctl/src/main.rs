@@ -8,6 +8,7 @@ mod exit;
 mod image;
 mod logging;
 mod run;
+mod snapshot;
 mod stats_table;
 mod tty;
 
@@ -46,6 +47,7 @@ fn main() {
             Command::Doc(args) => image::doc(args).await.map(|()| 0),
             Command::Image(cmd) => image::image(cmd).await.map(|()| 0),
             Command::Bench(args) => bench::bench(args).await.map(|()| 0),
+            Command::Snapshot(cmd) => snapshot::snapshot(cmd).await.map(|()| 0),
         };
         match result {
             Ok(code) => code,

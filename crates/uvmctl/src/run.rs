@@ -45,7 +45,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
-    let document = load_document(&args).await?;
+    let boot = match &args.from_snapshot {
+        Some(dir) => Boot::Snapshot(dir.clone()),
+        None => Boot::Document(Box::new(load_document(&args).await?)),
+    };
     let id = args.id.clone().unwrap_or_else(|| {
         format!(
             "uvmctl-{}",
@@ -56,13 +59,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut timings = Timings::default();
 
     let t = Instant::now();
-    manager
-        .create_vm(CreateOptions {
-            id: id.clone(),
-            document,
-        })
-        .await
-        .context("creating the VM")?;
+    match boot {
+        Boot::Document(document) => manager
+            .create_vm(CreateOptions {
+                id: id.clone(),
+                document: *document,
+            })
+            .await
+            .context("creating the VM")?,
+        Boot::Snapshot(dir) => manager
+            .create_vm_from_snapshot(uvm::RestoreOptions {
+                id: id.clone(),
+                snapshot_dir: dir,
+                hostname: None,
+            })
+            .await
+            .context("creating the VM from the snapshot")?,
+    }
     timings.create = Some(t.elapsed());
 
     // From here on the VM exists: every path goes through terminate.
@@ -199,6 +212,14 @@ async fn start_container(
         Err(uvm::Error::VmExited { reason, .. }) => Err(GuestError::VmExited { reason: reason.0 }),
         Err(e) => return Err(anyhow::Error::new(e).context("starting the container")),
     })
+}
+
+/// Where the VM comes from.
+enum Boot {
+    /// Booted from a document.
+    Document(Box<ComputeSystem>),
+    /// Restored from a snapshot dir.
+    Snapshot(std::path::PathBuf),
 }
 
 /// How the guest command ended, as far as `run` is concerned.

@@ -36,19 +36,9 @@ impl SnapshotDir {
                 });
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(source) => {
-                return Err(SnapshotError::File {
-                    what: "snapshot dir",
-                    path: path.to_path_buf(),
-                    source,
-                })
-            }
+            Err(source) => return Err(SnapshotError::Dir(source)),
         }
-        let meta = std::fs::symlink_metadata(path).map_err(|source| SnapshotError::File {
-            what: "snapshot dir",
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let meta = std::fs::symlink_metadata(path).map_err(SnapshotError::Dir)?;
         if !meta.is_dir() {
             return Err(unsafe_dir("exists and is not a directory".into()));
         }
@@ -67,13 +57,8 @@ impl SnapshotDir {
                 "is not empty: a snapshot is written into a dir of its own".into(),
             ));
         }
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(
-            |source| SnapshotError::File {
-                what: "snapshot dir",
-                path: path.to_path_buf(),
-                source,
-            },
-        )?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .map_err(SnapshotError::Dir)?;
         Ok(SnapshotDir {
             path: path.to_path_buf(),
             created: false,
@@ -105,11 +90,7 @@ impl Drop for SnapshotDir {
 
 /// Checks that `path` is a dir of ours that nobody else may read or write.
 pub(crate) fn check(path: &Path) -> Result<(), SnapshotError> {
-    let meta = std::fs::metadata(path).map_err(|source| SnapshotError::File {
-        what: "snapshot dir",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let meta = std::fs::metadata(path).map_err(SnapshotError::Dir)?;
     let unsafe_dir = |reason: String| SnapshotError::UnsafeDir {
         path: path.to_path_buf(),
         reason,

@@ -59,6 +59,9 @@ pub enum SnapshotError {
         #[source]
         source: std::io::Error,
     },
+    /// The snapshot dir itself cannot be made or read.
+    #[error("the dir")]
+    Dir(#[source] std::io::Error),
     /// `manifest.json` does not parse.
     #[error("{} is not a snapshot manifest: {reason}", path.display())]
     BadManifest {
@@ -88,7 +91,7 @@ pub enum SnapshotError {
         here: String,
     },
     /// The dir may be read (or was made) by someone else.
-    #[error("snapshot dir {}: {reason}", path.display())]
+    #[error("the dir {reason}")]
     UnsafeDir {
         /// The dir.
         path: PathBuf,
