@@ -63,6 +63,8 @@ pub struct Guest {
     stdout_ports: Arc<PortPool>,
     vm_exit_tx: tokio::sync::watch::Sender<Option<uvm_vmm::ExitReason>>,
     vm_exit: VmExitWatch,
+    /// Hold/switch control of the GCS stream, once connected.
+    handover: Mutex<Option<crate::Handover>>,
 }
 
 impl std::fmt::Debug for Guest {
@@ -90,6 +92,7 @@ impl Guest {
             stdout_ports: Arc::new(PortPool::default()),
             vm_exit_tx,
             vm_exit,
+            handover: Mutex::new(None),
         }
     }
 
@@ -179,9 +182,22 @@ impl Guest {
     /// in place for a later call.
     pub async fn connect(&self, timeout: Duration) -> Result<(), GuestError> {
         let stream = self.accept(timeout).await?;
-        self.attach(stream).await?;
+        self.attach_switchable(stream).await?;
         self.stdout_ports.accept_in_background(self.closed.clone());
         Ok(())
+    }
+
+    async fn attach_switchable(&self, stream: tokio::net::UnixStream) -> Result<(), GuestError> {
+        let (stream, handover) = crate::HandoverStream::new(stream);
+        self.attach(stream).await?;
+        *lock(&self.handover) = Some(handover);
+        Ok(())
+    }
+
+    /// Hold/switch control of the GCS stream (live migration moves it to
+    /// the destination VM's socket), once connected.
+    pub fn handover(&self) -> Option<crate::Handover> {
+        lock(&self.handover).clone()
     }
 
     /// [`Guest::connect`] for a VM restored from a snapshot: once the agent
@@ -203,12 +219,14 @@ impl Guest {
         if stale > 0 {
             tracing::debug!(vm_id = %self.vm_id, bytes = stale, "discarded what the snapshot's GCS connection left");
         }
-        self.attach(stream).await?;
+        self.attach_switchable(stream).await?;
         self.stdout_ports.accept_in_background(self.closed.clone());
         Ok(())
     }
 
-    async fn accept(&self, timeout: Duration) -> Result<tokio::net::UnixStream, GuestError> {
+    /// Accepts the GCS connection without using it: the stream a live
+    /// migration hands to the source VM's guest ([`Guest::handover`]).
+    pub async fn accept(&self, timeout: Duration) -> Result<tokio::net::UnixStream, GuestError> {
         let mut slot = self.listener.lock().await;
         let listener = slot.as_ref().ok_or(GuestError::ListenerUsed)?;
         let accepted = tokio::select! {

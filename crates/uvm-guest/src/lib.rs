@@ -21,6 +21,7 @@ mod containers;
 mod error;
 mod exec_paths;
 mod guest;
+mod handover;
 mod logs;
 mod process;
 mod stdout_port;
@@ -41,6 +42,7 @@ pub use containers::{
 pub use error::{GuestError, MountErrorKind};
 pub use exec_paths::{ExecRequest, FIFO_OPEN_TIMEOUT};
 pub use guest::{GcsIo, Guest, Negotiated, DEFAULT_RPC_TIMEOUT};
+pub use handover::{Handover, HandoverStream};
 pub use logs::{relay_logs, reseed_restored, send_entropy, MAX_LOG_LINE};
 pub use process::{
     ContainerTarget, ExitOutcome, Process, ProcessControl, ProcessExit, ProcessOutput, ProcessSpec,

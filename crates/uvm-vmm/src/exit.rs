@@ -33,6 +33,12 @@ pub enum ExitReason {
         /// Last lines of the hypervisor's stderr.
         stderr_tail: String,
     },
+    /// The VM was live-migrated: it runs on as VM `to`, this one stopped.
+    #[error("migrated to VM {to}")]
+    Migrated {
+        /// Id of the destination VM.
+        to: String,
+    },
     /// The VM was terminated on request (`terminate`), gracefully or by SIGKILL
     /// after the grace period.
     #[error("terminated on request{}", if *.forced { " (killed after the grace period)" } else { "" })]

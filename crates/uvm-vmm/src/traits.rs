@@ -204,6 +204,30 @@ pub trait UtilityVm: Send + Sync {
     async fn load_state(&self, _state: &Path) -> Result<(), VmmError> {
         Err(unsupported("loading a saved VM"))
     }
+    /// Live migration, destination side (a VM from
+    /// [`Hypervisor::create_incoming`] without a memory file): listens for
+    /// the source's stream; returns the socket to hand to the source.
+    async fn listen_for_migration(&self) -> Result<PathBuf, VmmError> {
+        Err(unsupported("receiving a migration"))
+    }
+    /// Waits until the incoming migration completed (the VM stays paused).
+    async fn wait_migration_in(&self) -> Result<(), VmmError> {
+        Err(unsupported("receiving a migration"))
+    }
+    /// Live migration, source side: streams the running VM to `socket`
+    /// (at most `max_bandwidth` bytes/s); returns once it completed, the VM
+    /// stopped.
+    async fn migrate_out(
+        &self,
+        _socket: &Path,
+        _max_bandwidth: Option<u64>,
+    ) -> Result<(), VmmError> {
+        Err(unsupported("migrating"))
+    }
+    /// Cancels [`UtilityVm::migrate_out`]; the VM runs on.
+    async fn cancel_migration(&self) -> Result<(), VmmError> {
+        Err(unsupported("migrating"))
+    }
     /// The hypervisor facts of this VM.
     fn hypervisor_info(&self) -> HypervisorInfo {
         HypervisorInfo::default()

@@ -35,6 +35,21 @@ pub(crate) fn spawn_entropy(listener: UnixListener, gone: CancellationToken, vm_
     });
 }
 
+/// Accepts a channel connection the host has nothing to say on (the
+/// entropy channel of a migrated VM) and holds it open until the VM is gone.
+pub(crate) fn hold_open(listener: UnixListener, gone: CancellationToken) {
+    tokio::spawn(async move {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = gone.cancelled() => return,
+        };
+        if let Ok((stream, _)) = accepted {
+            gone.cancelled().await;
+            drop(stream);
+        }
+    });
+}
+
 /// How long the restored agent may take to answer the reseed.
 const RESEED_TIMEOUT: Duration = Duration::from_secs(10);
 

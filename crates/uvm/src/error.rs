@@ -55,6 +55,9 @@ pub enum Error {
         /// The channel role.
         role: &'static str,
     },
+    /// A live migration was cancelled; the source VM runs on.
+    #[error("the migration was cancelled")]
+    MigrationCancelled,
     /// The restored guest did not take fresh entropy (and so still holds the
     /// snapshot's RNG state and GCS connection).
     #[error("the restored guest did not reseed")]

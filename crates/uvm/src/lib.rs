@@ -54,6 +54,7 @@ pub mod devices;
 mod error;
 mod lifecycle;
 mod manager;
+mod migration;
 mod options;
 mod snapshot;
 mod start;
@@ -65,6 +66,7 @@ pub use controller::Controller;
 pub use devices::{DiskMount, ScsiAddress, ShareAttachment};
 pub use error::{Error, ExitError};
 pub use manager::Manager;
+pub use migration::{MigrationOptions, MigrationPhase};
 pub use options::{
     CreateOptions, ExitStatus, ManagerConfig, StartOptions, DEFAULT_GCS_TIMEOUT,
     DEFAULT_RPC_TIMEOUT, VM_EXIT_GRACE,

@@ -220,7 +220,10 @@ impl Inner {
     }
 
     fn record_exit(&self, vm: &dyn UtilityVm) {
-        let err = vm.exit_reason().filter(|r| !r.is_clean()).map(ExitError);
+        let reason = lock(&self.exit_override)
+            .clone()
+            .or_else(|| vm.exit_reason());
+        let err = reason.filter(|r| !r.is_clean()).map(ExitError);
         let stopped_time = vm.stopped_time().unwrap_or_else(SystemTime::now);
         *lock(&self.exit_status) = Some(ExitStatus { stopped_time, err });
     }

@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub vm_gone: CancellationToken,
     /// Runtime devices (LUNs, shares, guest mounts); set at create.
     pub devices: tokio::sync::Mutex<Option<crate::devices::Devices>>,
+    /// Why the VM ended when the backend cannot know (it was migrated away).
+    pub exit_override: Mutex<Option<uvm_vmm::ExitReason>>,
     /// Set by a create from a snapshot: start loads and resumes instead of booting.
     pub restore: Mutex<Option<crate::snapshot::RestorePlan>>,
 }
@@ -235,6 +237,7 @@ impl Manager {
             vm_gone: CancellationToken::new(),
             devices: tokio::sync::Mutex::new(None),
             restore: Mutex::new(None),
+            exit_override: Mutex::new(None),
         };
         Manager {
             inner: Arc::new(inner),
@@ -294,6 +297,22 @@ impl Manager {
     pub async fn create_vm_from_snapshot(&self, opts: crate::RestoreOptions) -> Result<(), Error> {
         let inner = self.inner.clone();
         owned(async move { inner.create_from_snapshot(opts).await }).await
+    }
+
+    /// Live-migrates the Running VM into `dest` (a Manager in NotCreated),
+    /// which ends Running with the same guest: processes, their stdio and
+    /// exit codes carry on. This Manager ends Terminated, its exit error
+    /// [`ExitReason::Migrated`]. Cancelling `opts.cancel` before the
+    /// transfer completes leaves this VM Running and `dest` Terminated.
+    /// See [`crate::MigrationPhase`] for the steps.
+    pub async fn migrate_to(
+        &self,
+        dest: &Manager,
+        opts: crate::MigrationOptions,
+    ) -> Result<(), Error> {
+        let inner = self.inner.clone();
+        let dest = dest.inner.clone();
+        owned(async move { inner.migrate(dest, opts).await }).await
     }
 
     /// A receiver of the current state; changes may coalesce (use

@@ -163,6 +163,77 @@ impl QemuVm {
     }
 }
 
+impl QemuVm {
+    /// Destination of a live migration: QEMU listens on a socket in the
+    /// runtime dir for the source's stream; returns its path.
+    pub(crate) async fn listen_incoming(&self) -> Result<PathBuf, VmmError> {
+        self.set_ignore_shared(false).await?;
+        let sock = self.dir_path.join("migrate-in.sock");
+        let _ = std::fs::remove_file(&sock);
+        let uri = format!("unix:{}", sock.display());
+        self.qmp_execute("migrate-incoming", Some(json!({ "uri": uri })))
+            .await?;
+        Ok(sock)
+    }
+
+    /// Waits for the incoming migration to complete.
+    pub(crate) async fn incoming_done(&self) -> Result<(), VmmError> {
+        let r = tokio::time::timeout(MIGRATION_TIMEOUT, self.migration_done("receiving the VM"))
+            .await
+            .map_err(|_| VmmError::Timeout {
+                what: "the incoming migration",
+                timeout: MIGRATION_TIMEOUT,
+            })?;
+        let _ = std::fs::remove_file(self.dir_path.join("migrate-in.sock"));
+        r
+    }
+
+    /// Source of a live migration: streams the running VM to `socket`
+    /// (RAM included) and returns once QEMU says it completed; the VM is
+    /// then stopped. `max_bandwidth` caps the rate (bytes/s).
+    pub(crate) async fn send_to(
+        &self,
+        socket: &Path,
+        max_bandwidth: Option<u64>,
+    ) -> Result<(), VmmError> {
+        self.set_ignore_shared(false).await?;
+        // QEMU's default cap is 32 MiB/s; a local socket takes far more.
+        let bw = max_bandwidth.unwrap_or(u32::MAX as u64);
+        self.qmp_execute(
+            "migrate-set-parameters",
+            Some(json!({ "max-bandwidth": bw })),
+        )
+        .await?;
+        let uri = format!("unix:{}", socket.display());
+        self.qmp_execute("migrate", Some(json!({ "uri": uri })))
+            .await
+            .map_err(|e| match e {
+                VmmError::Qmp { message, .. } => VmmError::Migration {
+                    step: "migrating the VM",
+                    reason: message,
+                },
+                e => e,
+            })?;
+        tokio::time::timeout(MIGRATION_TIMEOUT, self.migration_done("migrating the VM"))
+            .await
+            .map_err(|_| VmmError::Timeout {
+                what: "the outgoing migration",
+                timeout: MIGRATION_TIMEOUT,
+            })?
+    }
+
+    /// Cancels an outgoing migration; the VM runs on (restarted if the
+    /// migration had already stopped it).
+    pub(crate) async fn cancel_outgoing(&self) -> Result<(), VmmError> {
+        self.qmp_execute("migrate_cancel", None).await?;
+        let status = self.qmp_execute("query-status", None).await?;
+        if status["running"] == false {
+            self.qmp_execute("cont", None).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Removes a socket path when dropped.
 struct Unlink(PathBuf);
 

@@ -293,6 +293,22 @@ impl UtilityVm for QemuVm {
         self.load_from(state).await
     }
 
+    async fn listen_for_migration(&self) -> Result<PathBuf, VmmError> {
+        self.listen_incoming().await
+    }
+
+    async fn wait_migration_in(&self) -> Result<(), VmmError> {
+        self.incoming_done().await
+    }
+
+    async fn migrate_out(&self, socket: &Path, max_bandwidth: Option<u64>) -> Result<(), VmmError> {
+        self.send_to(socket, max_bandwidth).await
+    }
+
+    async fn cancel_migration(&self) -> Result<(), VmmError> {
+        self.cancel_outgoing().await
+    }
+
     fn hypervisor_info(&self) -> crate::HypervisorInfo {
         self.info.clone()
     }
