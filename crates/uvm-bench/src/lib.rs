@@ -20,6 +20,7 @@ pub mod qga;
 pub mod qga_image;
 pub mod raw;
 pub mod report;
+pub mod restore;
 mod run;
 pub mod setup;
 pub mod stats;
@@ -148,6 +149,7 @@ pub const SECTIONS: &[&str] = &[
     "hotplug",
     "container",
     "containerd",
+    "restore",
     "memory",
     "density",
 ];

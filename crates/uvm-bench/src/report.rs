@@ -230,6 +230,8 @@ pub struct Report {
     pub container: Option<crate::container::ContainerBench>,
     /// `ctr run --rm … true` through containerd, our shim against runc.
     pub containerd: Option<crate::containerd::ContainerdBench>,
+    /// Restoring from a snapshot next to a cold boot.
+    pub restore: Option<crate::restore::RestoreBench>,
     /// Sections that failed, `section: error` (nothing hidden).
     pub errors: Vec<String>,
 }
@@ -394,6 +396,57 @@ impl Report {
                 h.read_9p_mib_s.zip(h.read_scsi_mib_s).map(|(a, b)| a / b),
             );
         }
+        if let Some(rs) = &self.restore {
+            // The cold boot in the same run is the baseline.
+            row(
+                "restore to Running ms (cold boot)",
+                rs.median_ms,
+                rs.p90_ms,
+                rs.cold_boot_median_ms,
+                rs.cold_boot_p90_ms,
+                rs.ratio,
+            );
+            row(
+                "  create_vm_from_snapshot ms",
+                rs.create.median_ms,
+                rs.create.p90_ms,
+                None,
+                None,
+                None,
+            );
+            row(
+                "  start_vm (restored) ms",
+                rs.start.median_ms,
+                rs.start.p90_ms,
+                None,
+                None,
+                None,
+            );
+            row(
+                &format!("  Rss MiB/VM, {} at once (cold)", rs.memory_vms),
+                rs.rss_mib_per_vm_restored,
+                None,
+                rs.rss_mib_per_vm_cold,
+                None,
+                ratio(rs.rss_mib_per_vm_restored, rs.rss_mib_per_vm_cold),
+            );
+            row(
+                &format!("  Pss MiB/VM, {} at once (cold)", rs.memory_vms),
+                rs.pss_mib_per_vm_restored,
+                None,
+                rs.pss_mib_per_vm_cold,
+                None,
+                ratio(rs.pss_mib_per_vm_restored, rs.pss_mib_per_vm_cold),
+            );
+            row(
+                "  16 restored vs 4 cold, all Running s",
+                rs.restored_16_all_running_s,
+                None,
+                rs.cold_4_all_running_s,
+                None,
+                ratio(rs.restored_16_all_running_s, rs.cold_4_all_running_s),
+            );
+        }
         if let Some(c) = &self.containerd {
             // runc through the same containerd is the baseline.
             row(
@@ -519,6 +572,24 @@ impl Report {
                 i.unpacked_first,
                 i.unpacked_second,
                 f(c.first_vm_boot_ms),
+            );
+        }
+        if let Some(rs) = &self.restore {
+            let judge = |g: Option<bool>| match g {
+                Some(true) => "met",
+                Some(false) => "NOT met",
+                None => "not judged",
+            };
+            let _ = writeln!(
+                t,
+                "restore: snapshot state {} MiB, memory file {} MiB on disk; goals ({}): ratio {}, density {}, RSS {}, PSS {}",
+                f(rs.snapshot_state_mib),
+                f(rs.snapshot_memory_on_disk_mib),
+                rs.goals,
+                judge(rs.goal_ratio_met),
+                judge(rs.goal_density_met),
+                judge(rs.goal_rss_met),
+                judge(rs.goal_pss_met),
             );
         }
         for d in &self.density {

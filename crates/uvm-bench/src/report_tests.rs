@@ -206,3 +206,52 @@ fn containerd_row_has_runc_as_its_baseline_and_says_why_runc_is_missing() {
         .table()
         .contains("runc not measured: ctr run runc: permission denied"));
 }
+
+#[test]
+fn restore_section_has_the_design_keys_and_judges_the_goals() {
+    use crate::restore::RestoreBench;
+    assert!(!Report::default().table().contains("restore to Running"));
+    let rep = Report {
+        restore: Some(RestoreBench {
+            median_ms: Some(150.0),
+            cold_boot_median_ms: Some(600.0),
+            ratio: Some(0.25),
+            memory_vms: 4,
+            rss_mib_per_vm_restored: Some(80.0),
+            rss_mib_per_vm_cold: Some(160.0),
+            restored_16_all_running_s: Some(1.5),
+            cold_4_all_running_s: Some(1.2),
+            goal_ratio_met: Some(true),
+            goal_density_met: Some(false),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let t = rep.table();
+    let row = t
+        .lines()
+        .find(|l| l.contains("restore to Running"))
+        .expect("row");
+    assert!(
+        row.contains("150.0") && row.contains("600.0") && row.contains("0.25x"),
+        "{row}"
+    );
+    let rss = t
+        .lines()
+        .find(|l| l.contains("Rss MiB/VM, 4 at once"))
+        .expect("rss row");
+    assert!(rss.contains("0.50x"), "{rss}");
+    assert!(t.contains("ratio met, density NOT met"), "{t}");
+    let v: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
+    for k in [
+        "median_ms",
+        "cold_boot_median_ms",
+        "ratio",
+        "rss_mib_per_vm_restored",
+        "rss_mib_per_vm_cold",
+        "restored_16_all_running_s",
+        "cold_4_all_running_s",
+    ] {
+        assert!(v["restore"].get(k).is_some(), "restore.{k}");
+    }
+}

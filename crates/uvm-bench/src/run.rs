@@ -120,6 +120,12 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
             Err(e) => rep.errors.push(format!("containerd: {}", chain(&e))),
         }
     }
+    if opts.wants("restore") {
+        match crate::restore::section(&ours_img, opts, tmp.path()).await {
+            Ok(r) => rep.restore = Some(r),
+            Err(e) => rep.errors.push(format!("restore: {}", chain(&e))),
+        }
+    }
     if opts.wants("memory") {
         match memory_section(opts, &ours_img, &raw_img, &qga_initrd).await {
             Ok(m) => rep.memory = Some(m),
