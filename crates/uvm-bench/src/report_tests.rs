@@ -221,8 +221,10 @@ fn restore_section_has_the_design_keys_and_judges_the_goals() {
             rss_mib_per_vm_cold: Some(160.0),
             restored_16_all_running_s: Some(1.5),
             cold_4_all_running_s: Some(1.2),
+            cold_4_sequential_s: Some(2.0),
             goal_ratio_met: Some(true),
-            goal_density_met: Some(false),
+            goal_density_met: Some(true),
+            goal_density_concurrent_met: Some(false),
             ..Default::default()
         }),
         ..Default::default()
@@ -241,7 +243,10 @@ fn restore_section_has_the_design_keys_and_judges_the_goals() {
         .find(|l| l.contains("Rss MiB/VM, 4 at once"))
         .expect("rss row");
     assert!(rss.contains("0.50x"), "{rss}");
-    assert!(t.contains("ratio met, density NOT met"), "{t}");
+    assert!(
+        t.contains("ratio met, density met (against 4 cold at once: NOT met)"),
+        "{t}"
+    );
     let v: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
     for k in [
         "median_ms",
@@ -251,6 +256,7 @@ fn restore_section_has_the_design_keys_and_judges_the_goals() {
         "rss_mib_per_vm_cold",
         "restored_16_all_running_s",
         "cold_4_all_running_s",
+        "cold_4_sequential_s",
     ] {
         assert!(v["restore"].get(k).is_some(), "restore.{k}");
     }
