@@ -217,6 +217,9 @@ fn restore_section_has_the_design_keys_and_judges_the_goals() {
             cold_boot_median_ms: Some(600.0),
             ratio: Some(0.25),
             memory_vms: 4,
+            guest_mb: 128,
+            snapshot_memory_mib: Some(128.0),
+            snapshot_memory_on_disk_mib: Some(50.9),
             rss_mib_per_vm_restored: Some(80.0),
             rss_mib_per_vm_cold: Some(160.0),
             restored_16_all_running_s: Some(1.5),
@@ -247,6 +250,17 @@ fn restore_section_has_the_design_keys_and_judges_the_goals() {
         t.contains("ratio met, density met (against 4 cold at once: NOT met)"),
         "{t}"
     );
+    assert!(
+        t.contains(
+            "128 MiB guests; snapshot state - MiB, memory file 128.0 MiB (50.9 MiB on disk)"
+        ),
+        "{t}"
+    );
+    assert!(
+        t.contains("Pss is what shows the sharing") && t.contains("page cache"),
+        "{t}"
+    );
+    assert!(!t.contains("did not reach Running"), "{t}");
     let v: serde_json::Value = serde_json::from_str(&rep.to_json()).unwrap();
     for k in [
         "median_ms",
@@ -257,7 +271,46 @@ fn restore_section_has_the_design_keys_and_judges_the_goals() {
         "restored_16_all_running_s",
         "cold_4_all_running_s",
         "cold_4_sequential_s",
+        "pss_mib_per_vm_restored",
+        "pss_mib_per_vm_cold",
+        "errors",
     ] {
         assert!(v["restore"].get(k).is_some(), "restore.{k}");
     }
+}
+
+#[test]
+fn restore_section_shows_failed_steps_and_vms_that_did_not_run() {
+    use crate::restore::RestoreBench;
+    let rep = Report {
+        restore: Some(RestoreBench {
+            median_ms: Some(150.0),
+            cold_boot_median_ms: Some(600.0),
+            ratio: Some(0.25),
+            goal_ratio_met: Some(true),
+            restored_16_failures: 2,
+            errors: vec!["16 restored started together: start_vm (restored) failed".into()],
+            ..Default::default()
+        }),
+        // What run() adds from the section's errors.
+        errors: vec!["restore: 16 restored started together: start_vm (restored) failed".into()],
+        ..Default::default()
+    };
+    let t = rep.table();
+    assert!(
+        t.contains("2 of 16 restored and 0 of 4 cold VMs did not reach Running"),
+        "{t}"
+    );
+    assert!(
+        t.contains("ERROR restore: 16 restored started together"),
+        "{t}"
+    );
+    // The steps that ran keep their numbers; the others are not judged.
+    let row = t
+        .lines()
+        .find(|l| l.contains("restore to Running"))
+        .expect("row");
+    assert!(row.contains("0.25x"), "{row}");
+    assert!(t.contains("density not judged"), "{t}");
+    assert!(t.contains("RSS not judged, PSS not judged"), "{t}");
 }

@@ -122,7 +122,12 @@ pub async fn run(opts: &BenchOptions) -> Result<Report, BenchError> {
     }
     if opts.wants("restore") {
         match crate::restore::section(&ours_img, opts, tmp.path()).await {
-            Ok(r) => rep.restore = Some(r),
+            Ok(r) => {
+                // A failed step is in the section and, like every failure, here.
+                let failed = r.errors.iter().map(|e| format!("restore: {e}"));
+                rep.errors.extend(failed);
+                rep.restore = Some(r);
+            }
             Err(e) => rep.errors.push(format!("restore: {}", chain(&e))),
         }
     }
