@@ -46,13 +46,29 @@ pub async fn wait_for(names: &[&str], timeout: Duration) -> Vec<String> {
 
 /// Opens the port named `name`.
 pub fn open(name: &str) -> io::Result<FdIo> {
-    let path = find(name).ok_or_else(|| {
+    FdIo::open_rw(&path_of(name)?)
+}
+
+fn path_of(name: &str) -> io::Result<PathBuf> {
+    find(name).ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
             format!("no virtio port named {name}"),
         )
-    })?;
-    FdIo::open_rw(&path)
+    })
+}
+
+/// Opens the port named `name` as a plain descriptor, to be served through
+/// duplicates of it ([`FdIo::new`] of a `try_clone`): closing the port
+/// makes the driver drop what it holds for us, so a server that moves
+/// from one connection to the next keeps the port open.
+pub fn open_descriptor(name: &str) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path_of(name)?)
 }
 
 /// `RNDADDENTROPY` = `_IOW('R', 0x03, int[2])`.

@@ -13,6 +13,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
+use crate::fdio::FdIo;
 use crate::resync::PrefaceSync;
 use crate::service::Agent;
 
@@ -177,58 +178,49 @@ pub async fn reset_connection(max: Duration) -> bool {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// How a connection on an open port ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Ended {
+    /// It was served and ended (the client went away): the port stays open
+    /// for the next client.
+    Served,
+    /// The port read EOF before any preface: no host is connected.
+    NoPeer,
+}
+
 /// One connection on an opened port: nothing is written until the host's
 /// preface arrives (so a host that drains stale bytes before speaking loses
 /// none of ours), then HTTP/2 until it ends.
-async fn serve_opened<IO>(agent: Agent, io: IO) -> Result<(), BoxError>
+async fn serve_opened<IO>(agent: Agent, io: IO) -> Result<Ended, BoxError>
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     let mut io = PrefaceSync::new(io);
     if !io.synced().await? {
-        return Ok(());
+        return Ok(Ended::NoPeer);
     }
-    Ok(serve_connection(agent, io).await?)
+    serve_connection(agent, io).await?;
+    Ok(Ended::Served)
 }
 
-/// Serves the GCS on the virtio-serial port `name`, reopening it whenever the
-/// connection ends (bounded exponential backoff) or [`reset_connection`]
-/// asks. Each connection starts at the next HTTP/2 preface, so leftovers of
-/// a broken connection are skipped. Never returns.
+/// Serves the GCS on the virtio-serial port `name`. One connection after
+/// another runs on the same open port (a duplicate of its descriptor each,
+/// so nothing the host sent in between is dropped by a close); a new
+/// connection starts at the next HTTP/2 preface, so leftovers of a broken
+/// one are skipped. [`reset_connection`] drops the current connection. The
+/// port is reopened (bounded exponential backoff) only when it reads EOF or
+/// fails. Never returns.
 pub async fn serve_port(agent: Agent, name: &str) -> ! {
     const MIN_BACKOFF: Duration = Duration::from_millis(100);
     const MAX_BACKOFF: Duration = Duration::from_secs(2);
     let mut backoff = MIN_BACKOFF;
     loop {
         let started = Instant::now();
-        match crate::ports::open(name) {
-            Ok(io) => {
+        match crate::ports::open_descriptor(name) {
+            Ok(port) => {
                 crate::boot_marks::mark(crate::boot_marks::Mark::Serving);
                 tracing::debug!(port = name, "serving GCS");
-                // A task of its own: on a multi-thread runtime the
-                // connection then runs on a worker, not on the thread that
-                // blocks on the agent's main future (measured: stdout
-                // 122 -> 85 MiB/s when driven inline there).
-                let mut conn = tokio::spawn(serve_opened(agent.clone(), io));
-                OPENS.fetch_add(1, Ordering::AcqRel);
-                OPENED.notify_waiters();
-                tokio::select! {
-                    r = &mut conn => match r {
-                        Ok(Ok(())) => tracing::info!(port = name, "GCS connection ended; reopening"),
-                        Ok(Err(e)) => {
-                            tracing::warn!(port = name, error = %e, "GCS connection failed; reopening")
-                        }
-                        Err(e) => {
-                            tracing::error!(port = name, error = %e, "GCS connection task failed; reopening")
-                        }
-                    },
-                    _ = RESET.notified() => {
-                        conn.abort();
-                        let _ = conn.await;
-                        tracing::info!(port = name, "GCS connection dropped for a new host; reopening");
-                        continue;
-                    }
-                }
+                serve_open_port(&agent, name, &port).await;
             }
             Err(e) => tracing::warn!(port = name, error = %e, "cannot open GCS port"),
         }
@@ -240,6 +232,63 @@ pub async fn serve_port(agent: Agent, name: &str) -> ! {
             _ = RESET.notified() => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Failed connections in a row after which the port is reopened.
+const FAILURES_BEFORE_REOPEN: u32 = 8;
+
+/// Serves connections on `port` until it reads EOF, cannot be duplicated,
+/// or [`FAILURES_BEFORE_REOPEN`] connections in a row failed.
+async fn serve_open_port(agent: &Agent, name: &str, port: &std::fs::File) {
+    let mut failures = 0;
+    loop {
+        if failures >= FAILURES_BEFORE_REOPEN {
+            tracing::warn!(
+                port = name,
+                failures,
+                "GCS connections keep failing; reopening the port"
+            );
+            return;
+        }
+        let io = match port.try_clone().and_then(|f| FdIo::new(f.into())) {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::warn!(port = name, error = %e, "cannot use the GCS port; reopening");
+                return;
+            }
+        };
+        // A task of its own: on a multi-thread runtime the connection then
+        // runs on a worker, not on the thread that blocks on the agent's
+        // main future (measured: stdout 122 -> 85 MiB/s when driven inline).
+        let mut conn = tokio::spawn(serve_opened(agent.clone(), io));
+        OPENS.fetch_add(1, Ordering::AcqRel);
+        OPENED.notify_waiters();
+        tokio::select! {
+            r = &mut conn => match r {
+                Ok(Ok(Ended::Served)) => {
+                    failures = 0;
+                    tracing::info!(port = name, "GCS connection ended; waiting for the next")
+                }
+                Ok(Ok(Ended::NoPeer)) => {
+                    tracing::info!(port = name, "GCS port has no host; reopening");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    failures += 1;
+                    tracing::warn!(port = name, error = %e, "GCS connection failed; waiting for the next")
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(port = name, error = %e, "GCS connection task failed; waiting for the next")
+                }
+            },
+            _ = RESET.notified() => {
+                conn.abort();
+                let _ = conn.await;
+                tracing::info!(port = name, "GCS connection dropped for a new host");
+            }
+        }
     }
 }
 

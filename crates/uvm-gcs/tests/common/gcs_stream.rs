@@ -105,25 +105,22 @@ pub fn retire(client: Client, retired: &Retired) {
     drop(client);
 }
 
-/// What [`skip_to_settings`] found.
+/// What [`read_to_goaway`] found.
 #[derive(Debug)]
-pub struct Resync {
-    /// The SETTINGS frame that opens the agent's next connection, to hand to
-    /// the next client as its prefix.
-    pub settings: Vec<u8>,
-    /// The broken connection's last frames before it: (type, flags, len).
+pub struct Broken {
+    /// The broken connection's frames before its GOAWAY: (type, flags, len).
     pub dead: Vec<(u8, u8, usize)>,
-    /// The error code of its GOAWAY, if it sent one (0: NO_ERROR, 1:
-    /// PROTOCOL_ERROR, 6: FRAME_SIZE_ERROR, ...).
-    pub goaway: Option<u32>,
+    /// The error code of its GOAWAY (0: NO_ERROR, 1: PROTOCOL_ERROR, 6:
+    /// FRAME_SIZE_ERROR, ...).
+    pub goaway: u32,
 }
 
-/// Reads whole HTTP/2 frames off `raw` (what a broken connection sent back,
-/// e.g. a GOAWAY) up to the SETTINGS frame (type 4, no ACK) that opens the
-/// agent's next connection. Err: the frames seen (type, flags, len) and why.
-pub async fn skip_to_settings(raw: &mut UnixStream, within: Duration) -> Result<Resync, String> {
+/// Reads whole HTTP/2 frames off `raw` (what a broken connection sent back)
+/// up to and including its GOAWAY. The agent's next connection says nothing
+/// until its client's preface, so nothing else follows. Err: the frames
+/// seen (type, flags, len) and why.
+pub async fn read_to_goaway(raw: &mut UnixStream, within: Duration) -> Result<Broken, String> {
     let mut dead = Vec::new();
-    let mut goaway = None;
     let r = tokio::time::timeout(within, async {
         loop {
             let mut head = [0u8; 9];
@@ -131,25 +128,20 @@ pub async fn skip_to_settings(raw: &mut UnixStream, within: Duration) -> Result<
             let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
             let mut payload = vec![0u8; len];
             raw.read_exact(&mut payload).await?;
-            if head[3] == 0x4 && head[4] == 0 {
-                return Ok::<_, std::io::Error>([&head[..], &payload].concat());
-            }
             if head[3] == 0x7 && len >= 8 {
-                goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+                return Ok::<_, std::io::Error>(u32::from_be_bytes(
+                    payload[4..8].try_into().unwrap(),
+                ));
             }
             dead.push((head[3], head[4], len));
         }
     })
     .await;
     match r {
-        Ok(Ok(settings)) => Ok(Resync {
-            settings,
-            dead,
-            goaway,
-        }),
+        Ok(Ok(goaway)) => Ok(Broken { dead, goaway }),
         Ok(Err(e)) => Err(format!("{e}; frames (type, flags, len) {dead:?}")),
         Err(_) => Err(format!(
-            "no SETTINGS within {within:?}; frames (type, flags, len) {dead:?}"
+            "no GOAWAY within {within:?}; frames (type, flags, len) {dead:?}"
         )),
     }
 }
