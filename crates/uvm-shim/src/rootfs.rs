@@ -1,7 +1,8 @@
 //! The task's root file system on the host: containerd hands the shim the
-//! snapshot's mounts (an overlay of snapshot dirs, or a bind for the native
-//! snapshotter); the shim mounts them at `<bundle>/rootfs`, as runc's shim
-//! does, and the UVM gets that directory as a share. Unmounted on delete,
+//! snapshot's mounts (an overlay of snapshot dirs, a bind for the native
+//! snapshotter, a file system on a block device for devmapper); the shim
+//! mounts them at `<bundle>/rootfs`, as runc's shim does, and the UVM gets
+//! that directory as a share. Unmounted on delete,
 //! and by `shim delete` after a crash.
 
 use std::path::{Path, PathBuf};
@@ -86,6 +87,69 @@ mod tests {
         assert!(!mounted_under(bundle.path()));
         assert!(!dir.join("marker").exists());
         unmount(bundle.path()).unwrap();
+    }
+
+    /// Detaches a loop device when dropped.
+    struct Loop(String);
+
+    impl Drop for Loop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("losetup")
+                .args(["-d", &self.0])
+                .status();
+        }
+    }
+
+    /// A block snapshotter (devmapper) hands the shim a file system on a
+    /// block device: it is mounted on the host like the others and reaches
+    /// the guest as the same share. Here a loop device stands in for the
+    /// thin device (this host has no device-mapper).
+    #[test]
+    fn a_block_device_mount_is_mounted_like_the_others() {
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let work = tempfile::tempdir().unwrap();
+        let content = work.path().join("content");
+        std::fs::create_dir(&content).unwrap();
+        std::fs::write(content.join("marker"), b"from the block device").unwrap();
+        let image = work.path().join("snapshot.img");
+        let made = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-d"])
+            .arg(&content)
+            .arg(&image)
+            .arg("16M")
+            .status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("skipping: mkfs.ext4 (e2fsprogs) unavailable");
+            return;
+        }
+        let out = std::process::Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(&image)
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _ => {
+                eprintln!("skipping: no loop device to attach");
+                return;
+            }
+        };
+        let _loop = Loop(dev.clone());
+        let bundle = tempfile::tempdir().unwrap();
+        let m = Mount {
+            type_: "ext4".into(),
+            source: dev,
+            options: vec!["rw".into()],
+            ..Default::default()
+        };
+        let dir = mount(bundle.path(), &[m]).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("marker")).unwrap(),
+            "from the block device"
+        );
+        unmount(bundle.path()).unwrap();
+        assert!(!mounted_under(bundle.path()));
     }
 
     #[test]
