@@ -182,15 +182,16 @@ impl Guest {
     /// in place for a later call.
     pub async fn connect(&self, timeout: Duration) -> Result<(), GuestError> {
         let stream = self.accept(timeout).await?;
-        self.attach_switchable(stream).await?;
-        self.stdout_ports.accept_in_background(self.closed.clone());
-        Ok(())
+        self.use_connection(stream).await
     }
 
-    async fn attach_switchable(&self, stream: tokio::net::UnixStream) -> Result<(), GuestError> {
+    /// Runs gRPC over the accepted `stream` (through a [`crate::Handover`]
+    /// so a migration can move it) and takes the stdout ports.
+    async fn use_connection(&self, stream: tokio::net::UnixStream) -> Result<(), GuestError> {
         let (stream, handover) = crate::HandoverStream::new(stream);
         self.attach(stream).await?;
         *lock(&self.handover) = Some(handover);
+        self.stdout_ports.accept_in_background(self.closed.clone());
         Ok(())
     }
 
@@ -219,9 +220,7 @@ impl Guest {
         if stale > 0 {
             tracing::debug!(vm_id = %self.vm_id, bytes = stale, "discarded what the snapshot's GCS connection left");
         }
-        self.attach_switchable(stream).await?;
-        self.stdout_ports.accept_in_background(self.closed.clone());
-        Ok(())
+        self.use_connection(stream).await
     }
 
     /// Accepts the GCS connection without using it: the stream a live

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::real::{assert_nothing_left, image, req, SERIAL};
+use common::real::{assert_nothing_left, document, image, req, TerminateOnDrop, SERIAL};
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use uvm::{
@@ -28,11 +28,7 @@ fn manager() -> Arc<Manager> {
 
 async fn boot(id: &str) -> Option<Arc<Manager>> {
     let img = image().await?;
-    let doc = uvm_schema::LcowDocumentBuilder::new(&img.kernel, &img.initrd)
-        .memory_mb(256)
-        .processors(1)
-        .cmdline(img.cmdline.clone())
-        .build();
+    let doc = document(&img, 256);
     let m = manager();
     m.create_vm(CreateOptions {
         id: id.into(),
@@ -44,23 +40,6 @@ async fn boot(id: &str) -> Option<Arc<Manager>> {
     Some(m)
 }
 
-/// Terminates the managers on drop (panics included).
-struct Stop(Vec<Arc<Manager>>);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        for m in &self.0 {
-            if m.state() == State::Terminated {
-                continue;
-            }
-            let m = m.clone();
-            tokio::task::block_in_place(|| {
-                let _ = tokio::runtime::Handle::current().block_on(m.terminate_vm());
-            });
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_migration_keeps_the_output_stream_and_exit_code() {
     let _serial = SERIAL.lock().await;
@@ -70,7 +49,7 @@ async fn real_migration_keeps_the_output_stream_and_exit_code() {
         return;
     };
     let dst = manager();
-    let _stop = Stop(vec![src.clone(), dst.clone()]);
+    let _stop = TerminateOnDrop(vec![src.clone(), dst.clone()]);
     let src_pid = src.utility_vm().and_then(|v| v.pid());
     let guest = src.guest().unwrap();
     let script = "i=0; while [ $i -lt 30 ]; do echo line $i $(date +%s); i=$((i+1)); sleep 0.1; done; exit 3";
@@ -145,7 +124,7 @@ async fn real_cancelled_migration_leaves_the_source_running() {
         return;
     };
     let dst = manager();
-    let _stop = Stop(vec![src.clone(), dst.clone()]);
+    let _stop = TerminateOnDrop(vec![src.clone(), dst.clone()]);
     let (tx, mut rx) = watch::channel(MigrationPhase::NotStarted);
     let mut opts = MigrationOptions::new("cancel-dst");
     opts.progress = Some(tx);

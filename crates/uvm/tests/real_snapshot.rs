@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::real::{assert_nothing_left, chain, image, req, SERIAL};
+use common::real::{assert_nothing_left, chain, document, image, req, TerminateOnDrop, SERIAL};
 use uvm::{
     AfterSnapshot, Controller, CreateOptions, Error, ExecRequest, Manager, ManagerConfig,
     RestoreOptions, SnapshotError, SnapshotManifest, StartOptions, State,
@@ -43,31 +43,15 @@ async fn output(m: &Manager, args: &[&str]) -> String {
     std::fs::read_to_string(out).unwrap().trim().to_string()
 }
 
-/// Terminates `m` on drop (panics included).
-struct Stop(Arc<Manager>);
-
-impl Drop for Stop {
-    fn drop(&mut self) {
-        if self.0.state() == State::Terminated {
-            return;
-        }
-        let m = self.0.clone();
-        tokio::task::block_in_place(|| {
-            let _ = tokio::runtime::Handle::current().block_on(m.terminate_vm());
-        });
-    }
-}
-
 /// Boots a VM (`shared_memory`: RAM in a memfd) and writes a marker file.
-async fn boot_with_marker(id: &str, shared_memory: bool) -> Option<(Arc<Manager>, Stop)> {
+async fn boot_with_marker(
+    id: &str,
+    shared_memory: bool,
+) -> Option<(Arc<Manager>, TerminateOnDrop)> {
     let img = image().await?;
-    let doc = uvm_schema::LcowDocumentBuilder::new(&img.kernel, &img.initrd)
-        .memory_mb(256)
-        .processors(1)
-        .cmdline(img.cmdline.clone())
-        .build();
+    let doc = document(&img, 256);
     let m = manager(shared_memory);
-    let stop = Stop(m.clone());
+    let stop = TerminateOnDrop(vec![m.clone()]);
     m.create_vm(CreateOptions {
         id: id.into(),
         document: doc,
@@ -79,9 +63,9 @@ async fn boot_with_marker(id: &str, shared_memory: bool) -> Option<(Arc<Manager>
     Some((m, stop))
 }
 
-async fn restore(dir: &Path, id: &str) -> Result<(Arc<Manager>, Stop), Error> {
+async fn restore(dir: &Path, id: &str) -> Result<(Arc<Manager>, TerminateOnDrop), Error> {
     let m = manager(false);
-    let stop = Stop(m.clone());
+    let stop = TerminateOnDrop(vec![m.clone()]);
     m.create_vm_from_snapshot(RestoreOptions {
         id: id.into(),
         snapshot_dir: dir.to_path_buf(),

@@ -47,7 +47,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     };
     let boot = match &args.from_snapshot {
         Some(dir) => Boot::Snapshot(dir.clone()),
-        None => Boot::Document(Box::new(load_document(&args).await?)),
+        None => Boot::Document(Box::new(
+            load_document(args.doc.as_deref(), args.memory, args.cpus, &args.kernel).await?,
+        )),
     };
     let id = args.id.clone().unwrap_or_else(|| {
         format!(
@@ -249,25 +251,32 @@ fn refused_code(cmd: &str, e: GuestError) -> anyhow::Result<i32> {
     }
 }
 
-async fn load_document(args: &RunArgs) -> anyhow::Result<ComputeSystem> {
-    if let Some(path) = &args.doc {
+/// The VM document: `doc` (JSON) with `memory`/`cpus` applied, else the
+/// default one for `kernel`.
+pub(crate) async fn load_document(
+    doc: Option<&std::path::Path>,
+    memory: Option<u64>,
+    cpus: Option<u32>,
+    kernel: &crate::cli::KernelChoice,
+) -> anyhow::Result<ComputeSystem> {
+    if let Some(path) = doc {
         let json = tokio::fs::read_to_string(path)
             .await
             .with_context(|| format!("reading VM document {}", path.display()))?;
         let mut doc = ComputeSystem::from_json(&json)
             .with_context(|| format!("VM document {}", path.display()))?;
         if let Some(vm) = doc.virtual_machine.as_mut() {
-            if let Some(mb) = args.memory {
+            if let Some(mb) = memory {
                 vm.compute_topology.memory.size_in_mb = mb;
             }
-            if let Some(n) = args.cpus {
+            if let Some(n) = cpus {
                 vm.compute_topology.processor.count = n;
             }
         }
         return Ok(doc);
     }
-    let image = ensure_image(KernelKind::from(&args.kernel)).await?;
-    Ok(default_document(&image, args.memory, args.cpus))
+    let image = ensure_image(KernelKind::from(kernel)).await?;
+    Ok(default_document(&image, memory, cpus))
 }
 
 /// Awaits `fut` unless SIGINT/SIGTERM arrives first.

@@ -7,12 +7,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use uvm::{AfterSnapshot, Controller, CreateOptions, Manager, SnapshotManifest, StartOptions};
-use uvm_image::{Image, KernelKind};
+use uvm_image::Image;
 use uvm_schema::ComputeSystem;
 use uvm_vmm::{QemuConfig, QemuHypervisor};
 
 use crate::cli::SnapshotCommand;
-use crate::image::{default_document, ensure_image};
+use crate::image::default_document;
 
 /// Where `uvmctl image build --snapshot` keeps the default snapshot.
 pub fn default_snapshot_dir() -> PathBuf {
@@ -37,19 +37,7 @@ pub async fn snapshot(cmd: SnapshotCommand) -> anyhow::Result<()> {
                     dir.display()
                 );
             }
-            let document = match doc {
-                Some(path) => {
-                    let json = tokio::fs::read_to_string(&path)
-                        .await
-                        .with_context(|| format!("reading VM document {}", path.display()))?;
-                    ComputeSystem::from_json(&json)
-                        .with_context(|| format!("VM document {}", path.display()))?
-                }
-                None => {
-                    let image = ensure_image(KernelKind::from(&kernel)).await?;
-                    default_document(&image, memory, cpus)
-                }
-            };
+            let document = crate::run::load_document(doc.as_deref(), memory, cpus, &kernel).await?;
             let t = Instant::now();
             let m = create(document, &dir).await?;
             print_manifest(&dir, &m);

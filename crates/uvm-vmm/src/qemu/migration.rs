@@ -67,9 +67,37 @@ impl QemuVm {
         }
     }
 
+    /// Starts streaming the VM to `uri` (QMP `migrate`) at up to
+    /// `max_bandwidth` bytes/s; QEMU's refusal (a migration blocker such as
+    /// a mounted 9p export) comes back as [`VmmError::Migration`].
+    async fn start_outgoing(
+        &self,
+        uri: &str,
+        step: &'static str,
+        max_bandwidth: Option<u64>,
+    ) -> Result<(), VmmError> {
+        // QEMU's default cap is 32 MiB/s; a local socket takes far more.
+        let bw = max_bandwidth.unwrap_or(u32::MAX as u64);
+        self.qmp_execute(
+            "migrate-set-parameters",
+            Some(json!({ "max-bandwidth": bw })),
+        )
+        .await?;
+        self.qmp_execute("migrate", Some(json!({ "uri": uri })))
+            .await
+            .map(drop)
+            .map_err(|e| match e {
+                VmmError::Qmp { message, .. } => VmmError::Migration {
+                    step,
+                    reason: message,
+                },
+                e => e,
+            })
+    }
+
     pub(crate) async fn save_to(&self, dir: &Path) -> Result<SavedState, VmmError> {
         let shared_ram = self.memory == GuestMemory::SharedMemfd;
-        let bounded = tokio::time::timeout(MIGRATION_TIMEOUT, async {
+        bounded("saving the VM state", async {
             self.set_ignore_shared(shared_ram).await?;
             let sock = self.dir_path.join("migrate-out.sock");
             let _ = std::fs::remove_file(&sock);
@@ -79,15 +107,7 @@ impl QemuVm {
             let state_path = dir.join(STATE_FILE);
             let mut file = open_new(&state_path).await?;
             let uri = format!("unix:{}", sock.display());
-            self.qmp_execute("migrate", Some(json!({ "uri": uri })))
-                .await
-                .map_err(|e| match e {
-                    VmmError::Qmp { message, .. } => VmmError::Migration {
-                        step: "saving the VM",
-                        reason: message,
-                    },
-                    e => e,
-                })?;
+            self.start_outgoing(&uri, "saving the VM", None).await?;
             let copy = async {
                 let (mut conn, _) = listener
                     .accept()
@@ -120,16 +140,13 @@ impl QemuVm {
                 saved.memory_file = true;
             }
             Ok(saved)
-        });
-        bounded.await.map_err(|_| VmmError::Timeout {
-            what: "saving the VM state",
-            timeout: MIGRATION_TIMEOUT,
-        })?
+        })
+        .await
     }
 
     pub(crate) async fn load_from(&self, state: &Path) -> Result<(), VmmError> {
         let private_file = matches!(self.memory, GuestMemory::PrivateFile(_));
-        let bounded = tokio::time::timeout(MIGRATION_TIMEOUT, async {
+        bounded("loading the VM state", async {
             let mut file = tokio::fs::File::open(state)
                 .await
                 .map_err(|source| VmmError::File {
@@ -137,13 +154,8 @@ impl QemuVm {
                     path: state.to_path_buf(),
                     source,
                 })?;
-            self.set_ignore_shared(private_file).await?;
-            let sock = self.dir_path.join("migrate-in.sock");
-            let _ = std::fs::remove_file(&sock);
+            let sock = self.listen_incoming_with(private_file).await?;
             let _unlink = Unlink(sock.clone());
-            let uri = format!("unix:{}", sock.display());
-            self.qmp_execute("migrate-incoming", Some(json!({ "uri": uri })))
-                .await?;
             let feed = async {
                 let mut conn = UnixStream::connect(&sock)
                     .await
@@ -155,19 +167,14 @@ impl QemuVm {
                 Ok::<(), VmmError>(())
             };
             tokio::try_join!(feed, self.migration_done("loading the snapshot")).map(drop)
-        });
-        bounded.await.map_err(|_| VmmError::Timeout {
-            what: "loading the VM state",
-            timeout: MIGRATION_TIMEOUT,
-        })?
+        })
+        .await
     }
-}
 
-impl QemuVm {
-    /// Destination of a live migration: QEMU listens on a socket in the
-    /// runtime dir for the source's stream; returns its path.
-    pub(crate) async fn listen_incoming(&self) -> Result<PathBuf, VmmError> {
-        self.set_ignore_shared(false).await?;
+    /// QEMU (started with `-incoming defer`) listens on a socket in the
+    /// runtime dir for a migration stream; returns its path.
+    async fn listen_incoming_with(&self, ignore_shared: bool) -> Result<PathBuf, VmmError> {
+        self.set_ignore_shared(ignore_shared).await?;
         let sock = self.dir_path.join("migrate-in.sock");
         let _ = std::fs::remove_file(&sock);
         let uri = format!("unix:{}", sock.display());
@@ -176,14 +183,19 @@ impl QemuVm {
         Ok(sock)
     }
 
+    /// Destination of a live migration: listens for the source's stream
+    /// (RAM included); returns the socket.
+    pub(crate) async fn listen_incoming(&self) -> Result<PathBuf, VmmError> {
+        self.listen_incoming_with(false).await
+    }
+
     /// Waits for the incoming migration to complete.
     pub(crate) async fn incoming_done(&self) -> Result<(), VmmError> {
-        let r = tokio::time::timeout(MIGRATION_TIMEOUT, self.migration_done("receiving the VM"))
-            .await
-            .map_err(|_| VmmError::Timeout {
-                what: "the incoming migration",
-                timeout: MIGRATION_TIMEOUT,
-            })?;
+        let r = bounded(
+            "the incoming migration",
+            self.migration_done("receiving the VM"),
+        )
+        .await;
         let _ = std::fs::remove_file(self.dir_path.join("migrate-in.sock"));
         r
     }
@@ -197,29 +209,14 @@ impl QemuVm {
         max_bandwidth: Option<u64>,
     ) -> Result<(), VmmError> {
         self.set_ignore_shared(false).await?;
-        // QEMU's default cap is 32 MiB/s; a local socket takes far more.
-        let bw = max_bandwidth.unwrap_or(u32::MAX as u64);
-        self.qmp_execute(
-            "migrate-set-parameters",
-            Some(json!({ "max-bandwidth": bw })),
-        )
-        .await?;
         let uri = format!("unix:{}", socket.display());
-        self.qmp_execute("migrate", Some(json!({ "uri": uri })))
-            .await
-            .map_err(|e| match e {
-                VmmError::Qmp { message, .. } => VmmError::Migration {
-                    step: "migrating the VM",
-                    reason: message,
-                },
-                e => e,
-            })?;
-        tokio::time::timeout(MIGRATION_TIMEOUT, self.migration_done("migrating the VM"))
-            .await
-            .map_err(|_| VmmError::Timeout {
-                what: "the outgoing migration",
-                timeout: MIGRATION_TIMEOUT,
-            })?
+        self.start_outgoing(&uri, "migrating the VM", max_bandwidth)
+            .await?;
+        bounded(
+            "the outgoing migration",
+            self.migration_done("migrating the VM"),
+        )
+        .await
     }
 
     /// Cancels an outgoing migration; the VM runs on (restarted if the
@@ -232,6 +229,19 @@ impl QemuVm {
         }
         Ok(())
     }
+}
+
+/// `fut` bounded by [`MIGRATION_TIMEOUT`]; `what` names it in the error.
+async fn bounded<T>(
+    what: &'static str,
+    fut: impl std::future::Future<Output = Result<T, VmmError>>,
+) -> Result<T, VmmError> {
+    tokio::time::timeout(MIGRATION_TIMEOUT, fut)
+        .await
+        .map_err(|_| VmmError::Timeout {
+            what,
+            timeout: MIGRATION_TIMEOUT,
+        })?
 }
 
 /// Removes a socket path when dropped.

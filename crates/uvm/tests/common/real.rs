@@ -54,6 +54,34 @@ async fn find_image() -> Result<uvm_image::Image, String> {
     }
 }
 
+/// A one-vCPU document for the test image with `mem_mb` of memory.
+pub fn document(img: &uvm_image::Image, mem_mb: u64) -> uvm_schema::ComputeSystem {
+    uvm_schema::LcowDocumentBuilder::new(&img.kernel, &img.initrd)
+        .memory_mb(mem_mb)
+        .processors(1)
+        .cmdline(img.cmdline.clone())
+        .build()
+}
+
+/// Terminates every manager still running when dropped (panics included).
+#[allow(dead_code)] // not every test binary uses every helper
+pub struct TerminateOnDrop(pub Vec<Arc<Manager>>);
+
+impl Drop for TerminateOnDrop {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            if m.state() == State::Terminated {
+                continue;
+            }
+            let m = m.clone();
+            // Multi-thread runtime: block this worker while the VM is terminated.
+            tokio::task::block_in_place(|| {
+                let _ = tokio::runtime::Handle::current().block_on(m.terminate_vm());
+            });
+        }
+    }
+}
+
 /// A live VM for one test: terminated on drop, runtime root checked empty.
 pub struct VmGuard {
     pub mgr: Arc<Manager>,
@@ -100,11 +128,7 @@ impl VmGuard {
         let img = image().await?;
         let runtime_root = tempfile::tempdir().unwrap();
         std::env::set_var("UVM_RUNTIME_DIR", runtime_root.path());
-        let doc = uvm_schema::LcowDocumentBuilder::new(&img.kernel, &img.initrd)
-            .memory_mb(mem_mb)
-            .processors(1)
-            .cmdline(img.cmdline.clone())
-            .build();
+        let doc = document(&img, mem_mb);
         let mgr = Arc::new(Manager::from_config(ManagerConfig {
             gcs_timeout: Duration::from_secs(120),
             ..config
