@@ -107,7 +107,7 @@ impl Namespace {
     }
 
     /// Order in which an exec joins them: the mount namespace last (its
-    /// `/proc` is the container's), the cgroup one after the cgroup.
+    /// `/proc` is the container's), the cgroup one first.
     pub fn join_rank(self) -> u8 {
         match self {
             Namespace::Cgroup => 0,
