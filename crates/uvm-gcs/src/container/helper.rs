@@ -108,36 +108,28 @@ fn enter_namespaces(plan: &Plan) -> Result<(), Failure> {
     }
 }
 
-/// `struct clone_args` of `clone3(2)`, up to `cgroup` (Linux 5.7).
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
-}
-
-/// `CLONE_INTO_CGROUP` of `clone3(2)`.
+/// `CLONE_INTO_CGROUP` of `clone3(2)` (libc's constant is an overflowing
+/// `c_int`, deprecated for it).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
 /// Forks the process as a sibling (a child of the agent), born in the
-/// cgroup `dir` (`cgroup`, for messages). `Ok(None)` when this kernel has no `clone3` with
-/// `CLONE_INTO_CGROUP` (before 5.7): nothing was forked.
+/// cgroup `dir` (`cgroup`, for messages). `Ok(None)` when this kernel has
+/// no `clone3` with `CLONE_INTO_CGROUP` (before 5.7): nothing was forked.
 fn clone_into_cgroup(dir: &File, cgroup: &Path) -> Result<Option<i32>, Failure> {
-    let mut args = CloneArgs {
-        // With CLONE_PARENT the exit signal is the helper's own (SIGCHLD);
-        // clone3 wants 0 here.
+    let mut args = libc::clone_args {
         flags: libc::CLONE_PARENT as u64 | CLONE_INTO_CGROUP,
         cgroup: dir.as_raw_fd() as u64,
-        ..CloneArgs::default()
+        // With CLONE_PARENT the exit signal is the helper's own (SIGCHLD);
+        // clone3 wants 0 here.
+        exit_signal: 0,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        stack: 0,
+        stack_size: 0,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
     };
     // SAFETY: clone3 without a stack behaves like fork (the child runs on a
     // copy-on-write copy of this stack); this process is single-threaded,
@@ -146,8 +138,8 @@ fn clone_into_cgroup(dir: &File, cgroup: &Path) -> Result<Option<i32>, Failure> 
     let r = unsafe {
         libc::syscall(
             libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
+            &mut args as *mut libc::clone_args,
+            std::mem::size_of::<libc::clone_args>(),
         )
     };
     if r < 0 {
