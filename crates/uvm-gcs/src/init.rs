@@ -47,10 +47,20 @@ fn mount_one(source: &str, target: &str, fstype: &str, flags: MsFlags, data: Opt
     }
 }
 
+/// Mounts `/proc` (nosuid, nodev, noexec) unless it is mounted already:
+/// PID 1 needs it first of all, for its configuration.
+pub fn mount_proc() {
+    if std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_one("proc", "/proc", "proc", nosuid, None);
+}
+
 /// Mounts the file systems a UVM needs. Failures are logged, never fatal.
 pub fn mount_filesystems() {
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount_one("proc", "/proc", "proc", nosuid, None);
+    mount_proc();
     mount_one("sysfs", "/sys", "sysfs", nosuid, None);
     mount_one(
         "devtmpfs",

@@ -42,11 +42,12 @@ fn init_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn main() {
-    // A container process's helper: a fresh, single-threaded process that
-    // must not start a runtime or do anything PID 1 does.
-    if std::env::args_os().nth(1).as_deref() == Some(uvm_gcs::container::plan::HELPER_ARG.as_ref())
+    // The container zygote: a fresh, single-threaded process that must not
+    // start a runtime or do anything PID 1 does.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(uvm_gcs::container::zygote::ZYGOTE_ARG.as_ref())
     {
-        uvm_gcs::container::helper::main();
+        uvm_gcs::container::zygote::main();
     }
     // Guest uptime when the kernel handed over to us (boot profiling).
     let main_uptime_us = uvm_gcs::stats::uptime_ns() / 1_000;
@@ -95,14 +96,7 @@ fn run_dev(socket: &str) {
 /// PID 1: never returns; a failed step is logged and the agent carries on.
 fn run_init(main_uptime_us: u64) -> ! {
     std::env::set_var("PATH", init::DEFAULT_PATH);
-    let _ = std::fs::create_dir_all("/proc");
-    let _ = nix::mount::mount(
-        Some("proc"),
-        "/proc",
-        Some("proc"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    );
+    init::mount_proc();
     let cfg = Config::from_proc();
     let sink = logging::init(&cfg.log_level, tracing::Level::WARN);
     install_panic_hook();

@@ -84,6 +84,7 @@ impl Agent {
     /// A new agent using `reaper` (whose task the caller runs).
     pub fn new(reaper: Reaper, role: Role) -> Self {
         let shared = Shared {
+            containers: Containers::new(reaper.clone()),
             reaper,
             inflight: InFlight::default(),
             policy: RwLock::new(Policy::AllowAll),
@@ -96,7 +97,6 @@ impl Agent {
                 ..PortPaths::default()
             }),
             mounts: Arc::new(Mounts::default()),
-            containers: Containers::default(),
             quiesced: AtomicBool::new(false),
         };
         Self {

@@ -13,9 +13,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 
+use nix::fcntl::OFlag;
 use tokio::sync::oneshot;
 use tonic::Status;
 use uvm_proto::gcs::{ProcessSpec, WindowSize};
@@ -234,24 +235,54 @@ pub fn set_window(fd: i32, w: &WindowSize) {
     unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, &ws) };
 }
 
-/// Gives `cmd` its stdio: the slave of a new pty when `terminal` (whose
-/// master is returned), else pipes, with `stdout_port` as stdout when given.
-pub fn attach_stdio(
-    cmd: &mut Command,
+/// A process's stdio before it is started: the ends it gets as fds 0, 1
+/// and 2, and the agent's ends (see [`stdio`]). Every fd is close-on-exec.
+pub struct Stdio {
+    /// The process's stdin, stdout and stderr.
+    pub child: [OwnedFd; 3],
+    /// The agent's ends.
+    pub parent: ParentStdio,
+}
+
+/// The agent's ends of a process's stdio.
+pub struct ParentStdio {
+    /// The pty master, when the process runs on a terminal.
+    master: Option<OwnedFd>,
+    /// Pipe ends: the writer of stdin, the readers of stdout (none when it
+    /// is a stdout port) and stderr; unused with a terminal.
+    pipes: Option<(OwnedFd, Option<OwnedFd>, OwnedFd)>,
+}
+
+/// The slave of a new pty as stdin, stdout and stderr when `terminal`,
+/// else pipes, with `stdout_port` as stdout when given.
+pub fn stdio(
     terminal: bool,
     window: Option<&WindowSize>,
     stdout_port: Option<OwnedFd>,
-) -> Result<Option<OwnedFd>, Status> {
+) -> Result<Stdio, Status> {
     let internal = |what: &str, e: &dyn std::fmt::Display| Status::internal(format!("{what}: {e}"));
+    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| internal("dup", &e));
     if !terminal {
-        let stdout = match stdout_port {
-            Some(fd) => Stdio::from(fd),
-            None => Stdio::piped(),
+        let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal("pipe", &e));
+        let (stdin_r, stdin_w) = pipe()?;
+        let (stdout, stdout_r) = match stdout_port {
+            Some(fd) => {
+                set_cloexec(&fd).map_err(|e| internal("stdout port", &e))?;
+                (fd, None)
+            }
+            None => {
+                let (r, w) = pipe()?;
+                (w, Some(r))
+            }
         };
-        cmd.stdin(Stdio::piped())
-            .stdout(stdout)
-            .stderr(Stdio::piped());
-        return Ok(None);
+        let (stderr_r, stderr_w) = pipe()?;
+        return Ok(Stdio {
+            child: [stdin_r, stdout, stderr_w],
+            parent: ParentStdio {
+                master: None,
+                pipes: Some((stdin_w, stdout_r, stderr_r)),
+            },
+        });
     }
     let pty = nix::pty::openpty(None, None).map_err(|e| internal("openpty", &e))?;
     set_cloexec(&pty.master)
@@ -260,53 +291,44 @@ pub fn attach_stdio(
     if let Some(w) = window {
         set_window(pty.master.as_raw_fd(), w);
     }
-    let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| internal("dup", &e));
-    cmd.stdin(Stdio::from(dup(&pty.slave)?))
-        .stdout(Stdio::from(dup(&pty.slave)?))
-        .stderr(Stdio::from(pty.slave));
-    Ok(Some(pty.master))
+    Ok(Stdio {
+        child: [dup(&pty.slave)?, dup(&pty.slave)?, pty.slave],
+        parent: ParentStdio {
+            master: Some(pty.master),
+            pipes: None,
+        },
+    })
 }
 
-/// The parent's ends of a spawned child's stdio (see [`attach_stdio`]) as a
-/// [`Running`] for process `pid`, which may be another process than `child`
-/// (a container's process started by a helper) but shares its stdio.
-pub fn running(
-    child: &mut Child,
-    pid: i32,
-    master: Option<OwnedFd>,
-    exit: ExitFuture,
-) -> Result<Running, Status> {
+/// The agent's ends of process `pid`'s stdio as a [`Running`].
+pub fn running(pid: i32, parent: ParentStdio, exit: ExitFuture) -> Result<Running, Status> {
     let wrap = |fd: OwnedFd| {
         FdIo::new(fd)
             .map(Arc::new)
             .map_err(|e| Status::internal(format!("stdio: {e}")))
     };
-    if let Some(m) = master {
-        let m = wrap(m)?;
-        return Ok(Running {
+    match (parent.master, parent.pipes) {
+        (Some(m), _) => {
+            let m = wrap(m)?;
+            Ok(Running {
+                pid,
+                stdin: m.clone(),
+                stdout: Some(m),
+                stderr: None,
+                terminal: true,
+                exit,
+            })
+        }
+        (None, Some((stdin, stdout, stderr))) => Ok(Running {
             pid,
-            stdin: m.clone(),
-            stdout: Some(m),
-            stderr: None,
-            terminal: true,
+            stdin: wrap(stdin)?,
+            stdout: stdout.map(wrap).transpose()?,
+            stderr: Some(wrap(stderr)?),
+            terminal: false,
             exit,
-        });
+        }),
+        (None, None) => Err(Status::internal("missing stdio")),
     }
-    let take = |fd: Option<OwnedFd>| fd.ok_or_else(|| Status::internal("missing stdio pipe"));
-    let stdin = wrap(take(child.stdin.take().map(OwnedFd::from))?)?;
-    let stdout = match child.stdout.take() {
-        Some(fd) => Some(wrap(OwnedFd::from(fd))?),
-        None => None,
-    };
-    let stderr = wrap(take(child.stderr.take().map(OwnedFd::from))?)?;
-    Ok(Running {
-        pid,
-        stdin,
-        stdout,
-        stderr: Some(stderr),
-        terminal: false,
-        exit,
-    })
 }
 
 /// Spawns a prepared process, registered with `reaper`. `stdout_port`
@@ -322,7 +344,11 @@ pub fn spawn(
         .env_clear()
         .envs(&p.env)
         .current_dir(&p.workdir);
-    let master = attach_stdio(&mut cmd, p.terminal, p.window.as_ref(), stdout_port)?;
+    let Stdio {
+        child: [stdin, stdout, stderr],
+        parent,
+    } = stdio(p.terminal, p.window.as_ref(), stdout_port)?;
+    cmd.stdin(stdin).stdout(stdout).stderr(stderr);
     let terminal = p.terminal;
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (setsid, ioctl).
@@ -337,12 +363,11 @@ pub fn spawn(
             Ok(())
         });
     }
-    let (mut child, exit) = reaper
+    let (child, exit) = reaper
         .spawn_registered(&mut cmd)
         .map_err(|e| spawn_error(&p.path, e))?;
-    drop(cmd); // closes the parent's copies of the pty slave
-    let pid = child.id() as i32;
-    running(&mut child, pid, master, plain_exit(exit))
+    drop(cmd); // closes the agent's copies of the child's ends
+    running(child.id() as i32, parent, plain_exit(exit))
 }
 
 #[cfg(test)]

@@ -141,6 +141,18 @@ async fn real_guest_stats_are_plausible() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_guest_mounts_proc_once_without_suid_dev_or_exec() {
+    let Some(vm) = VmGuard::boot(256).await else {
+        return;
+    };
+    let (procs, o) = sh(&vm, "grep ' /proc ' /proc/self/mountinfo").await;
+    assert_eq!(o, ExitOutcome::Code(0));
+    assert_eq!(procs.lines().count(), 1, "one /proc mount: {procs}");
+    assert!(procs.contains("nosuid,nodev,noexec"), "{procs}");
+    vm.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_orphans_are_reaped_and_exit_statuses_are_not_stolen() {
     let Some(vm) = VmGuard::boot(256).await else {
         return;

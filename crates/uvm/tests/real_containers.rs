@@ -479,3 +479,54 @@ async fn read_until(out: &mut uvm_guest::ProcessOutput, seen: &mut String, want:
         .await
         .expect("output bounded");
 }
+
+/// Pids of the guest's container zygotes (`uvm-gcs container-zygote`).
+const ZYGOTES: &str = "for p in /proc/[0-9]*; do \
+    tr '\\0' ' ' < $p/cmdline 2>/dev/null | grep -q '^uvm-gcs container-zygote' && echo ${p#/proc/}; \
+    done; true";
+
+/// Zombies in the guest: helpers the reaper has not collected.
+const ZOMBIES: &str = "grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_zygote_is_replaced_and_launches_leave_no_zombies() {
+    let Some(vm) = VmGuard::boot(256).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path()).unwrap();
+    let mgr = &vm.mgr;
+    let guest = mgr.guest().unwrap();
+    assert_eq!(
+        sh(&guest, ZYGOTES).await.stdout,
+        "",
+        "no zygote before a container"
+    );
+    let (f, exit) = run(mgr, "z1", &spec("echo one", "z1"), layers(&layer)).await;
+    assert_eq!(
+        (exit.outcome, f.stdout.as_str()),
+        (ExitOutcome::Code(0), "one\n")
+    );
+    let first = sh(&guest, ZYGOTES).await.stdout;
+    assert_eq!(first.lines().count(), 1, "one zygote: {first:?}");
+    let killed = sh(&guest, &format!("kill -9 {}", first.trim())).await;
+    assert_eq!(killed.status, ExitOutcome::Code(0), "{:?}", killed.stderr);
+    let (f, exit) = run(mgr, "z2", &spec("echo two", "z2"), layers(&layer)).await;
+    assert_eq!(
+        (exit.outcome, f.stdout.as_str()),
+        (ExitOutcome::Code(0), "two\n")
+    );
+    let second = sh(&guest, ZYGOTES).await.stdout;
+    assert_eq!(second.lines().count(), 1, "one zygote: {second:?}");
+    assert_ne!(first, second, "a new zygote replaced the killed one");
+    let mut zombies = String::new();
+    for _ in 0..50 {
+        zombies = sh(&guest, ZOMBIES).await.stdout;
+        if zombies.trim() == "0" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(zombies.trim(), "0", "zombies left in the guest");
+    vm.finish().await;
+}

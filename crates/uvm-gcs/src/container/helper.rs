@@ -1,6 +1,6 @@
-//! `uvm-gcs container-helper`: a fresh, single-threaded process the agent
-//! spawns (with the process's stdio) for each container process, the way
-//! runc's nsexec works. It reads its [`Plan`] on fd 3, creates (init) or
+//! The helper of one container process: a single-threaded child the
+//! zygote forks (see [`super::zygote`]) with the process's stdio on fds 0–2
+//! and its pipes on 3–5, the way runc's nsexec works. It reads its [`Plan`] on fd 3, creates (init) or
 //! joins (exec) the container's namespaces, then forks the process with
 //! `clone3(CLONE_PARENT | CLONE_INTO_CGROUP)`: the process is born in the
 //! container's cgroup (no migration, whose RCU grace period costs 20–40 ms
@@ -229,7 +229,7 @@ fn setup_and_exec(plan: &Plan) -> Result<Infallible, Failure> {
     super::creds::exec(&plan.process, &plan.container_id)
 }
 
-/// The helper's `main`: never returns.
+/// The helper's `main`, once its descriptors are in place: never returns.
 pub fn main() -> ! {
     let code = match run() {
         Ok(()) => 0,

@@ -1,20 +1,20 @@
-//! The agent's side of starting a container process: the helper spawned
-//! with the process's stdio and its three pipes, the pid it reports
-//! adopted by the reaper, the go byte, then the process's setup result.
+//! The agent's side of starting a container process: the zygote asked for
+//! a helper with the process's stdio and its three pipes, the plan written,
+//! the pid the helper reports adopted by the reaper, the go byte, then the
+//! process's setup result.
 #![allow(clippy::result_large_err)]
 
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
-use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::fcntl::OFlag;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::oneshot;
 use tonic::Status;
 use uvm_proto::gcs::WindowSize;
 
-use super::plan::{Failure, Plan, GO_FD, HELPER_ARG, PLAN_FD, STATUS_FD};
+use super::plan::{Failure, Plan};
+use super::zygote::Zygote;
 use crate::fdio::FdIo;
 use crate::reaper::{ExitKind, Reaper};
 use crate::spawn::{self, Running};
@@ -56,15 +56,6 @@ fn pipe(id: &str) -> Result<(OwnedFd, OwnedFd), Status> {
     nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| internal(id, "pipe", e))
 }
 
-/// A close-on-exec copy of `fd` numbered 10 or above, so that the dup2s
-/// onto 3, 4 and 5 in the child cannot overwrite one another's sources.
-fn high(id: &str, fd: &OwnedFd) -> Result<OwnedFd, Status> {
-    let n =
-        fcntl(fd.as_raw_fd(), FcntlArg::F_DUPFD_CLOEXEC(10)).map_err(|e| internal(id, "dup", e))?;
-    // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(n) })
-}
-
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     r: &mut R,
     id: &str,
@@ -83,9 +74,11 @@ fn failure_status(f: Failure) -> Status {
     Status::new(f.kind.code(), f.message)
 }
 
-/// Starts `plan` through the helper, with the stdio `terminal`/`stdout_port` say.
+/// Starts `plan` through a helper the zygote forks, with the stdio
+/// `terminal`/`stdout_port` say.
 pub async fn launch(
     plan: &Plan,
+    zygote: &Zygote,
     reaper: &Reaper,
     window: Option<&WindowSize>,
     stdout_port: Option<OwnedFd>,
@@ -95,32 +88,20 @@ pub async fn launch(
     let (plan_r, plan_w) = pipe(id)?;
     let (status_r, status_w) = pipe(id)?;
     let (go_r, go_w) = pipe(id)?;
-    let child_fds = [high(id, &plan_r)?, high(id, &status_w)?, high(id, &go_r)?];
-    drop((plan_r, status_w, go_r));
-    let raw: [RawFd; 3] = [
-        child_fds[0].as_raw_fd(),
-        child_fds[1].as_raw_fd(),
-        child_fds[2].as_raw_fd(),
-    ];
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("uvm-gcs").arg(HELPER_ARG).env_clear();
-    let master = spawn::attach_stdio(&mut cmd, plan.process.terminal, window, stdout_port)?;
-    // SAFETY: runs in the forked child before exec; dup2 is async-signal-safe.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (src, dst) in raw.into_iter().zip([PLAN_FD, STATUS_FD, GO_FD]) {
-                if libc::dup2(src, dst) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let (mut helper, helper_exit) = reaper
-        .spawn_registered(&mut cmd)
-        .map_err(|e| internal(id, "spawn the helper", e))?;
-    drop(cmd);
-    drop(child_fds);
+    let stdio = spawn::stdio(plan.process.terminal, window, stdout_port)?;
+    let [stdin, stdout, stderr] = &stdio.child;
+    zygote
+        .request([
+            stdin.as_fd(),
+            stdout.as_fd(),
+            stderr.as_fd(),
+            plan_r.as_fd(),
+            status_w.as_fd(),
+            go_r.as_fd(),
+        ])
+        .map_err(|e| internal(id, "ask the container zygote", e))?;
+    let parent = stdio.parent;
+    drop((stdio.child, plan_r, status_w, go_r));
     let mut plan_w = FdIo::new(plan_w).map_err(|e| internal(id, "plan pipe", e))?;
     let wrote = tokio::time::timeout(START_TIMEOUT, async {
         plan_w.write_all(&json).await?;
@@ -141,9 +122,8 @@ pub async fn launch(
             if let Some(f) = Failure::parse(&first) {
                 return Err(failure_status(f).into());
             }
-            let how = tokio::time::timeout(Duration::from_secs(5), helper_exit).await;
             return Err(Status::internal(format!(
-                "container {id}: the helper ended without starting the process (exit {how:?}, plan written: {wrote:?})"
+                "container {id}: the helper ended without starting the process (plan written: {wrote:?})"
             ))
             .into());
         }
@@ -180,6 +160,6 @@ pub async fn launch(
             exit: exit.ok().and_then(Result::ok),
         });
     }
-    let running = spawn::running(&mut helper, pid, master, Box::pin(async { None }))?;
+    let running = spawn::running(pid, parent, Box::pin(async { None }))?;
     Ok(Launched { running, exit })
 }

@@ -1,7 +1,7 @@
 //! Containers in the UVM (DESIGN §11): the registry (id → [`Container`])
 //! and the RPCs on it. A container is created (rootfs mounted, cgroup made,
 //! spec validated), started by an `Exec` with `ContainerProcess.init` and
-//! joined by further `Exec`s (see [`launch`] and [`helper`] for how a
+//! joined by further `Exec`s (see [`launch`], [`zygote`] and [`helper`] for how a
 //! process gets into it). It is Stopped once its init has exited (the
 //! kernel has killed the rest of its PID namespace then) and keeps that
 //! exit until deleted.
@@ -9,7 +9,7 @@
 //! An init whose setup fails (executable not found, a mount refused) leaves
 //! the container Stopped with that process's exit (127, 126 or 1), as
 //! runc's containers cannot be started twice either; a failure before any
-//! process existed (the helper could not be spawned) leaves it Created.
+//! process existed (the zygote could not be asked for one) leaves it Created.
 #![allow(clippy::result_large_err)]
 
 pub mod cgroup;
@@ -24,6 +24,7 @@ pub mod rootfs;
 pub mod spec;
 pub mod stats;
 mod watch;
+pub mod zygote;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -40,6 +41,7 @@ use self::cgroup::{Cgroup, CGROUP_ROOT};
 use self::plan::{Mode, Plan};
 use self::rootfs::{Rootfs, CONTAINERS_DIR};
 use self::spec::ContainerSpec;
+use self::zygote::Zygote;
 use crate::policy::Policy;
 use crate::reaper::Reaper;
 use crate::spawn::Running;
@@ -121,9 +123,9 @@ pub struct Prepared {
 }
 
 /// Every container of the agent.
-#[derive(Default)]
 pub struct Containers {
     map: Mutex<HashMap<String, Option<Arc<Container>>>>,
+    zygote: Zygote,
 }
 
 /// NOT_FOUND for a missing container; the message starts "no container"
@@ -149,6 +151,14 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 impl Containers {
+    /// No containers yet; their processes are reaped by `reaper`.
+    pub fn new(reaper: Reaper) -> Self {
+        Self {
+            map: Mutex::default(),
+            zygote: Zygote::new(reaper),
+        }
+    }
+
     /// The container `id`, when it exists (and is not being created).
     pub fn get(&self, id: &str) -> Result<Arc<Container>, Status> {
         lock(&self.map)
@@ -165,6 +175,7 @@ impl Containers {
     ) -> Result<CreateContainerResponse, Status> {
         let id = req.id.clone();
         spec::check_id(&id).map_err(Status::invalid_argument)?;
+        self.zygote.warm();
         let mut spec = spec::parse(&req.oci_spec_json)
             .map_err(|e| Status::invalid_argument(format!("container {id}: oci_spec_json: {e}")))?;
         {
@@ -282,7 +293,7 @@ impl Containers {
         reaper: &Reaper,
         stdout_port: Option<std::os::fd::OwnedFd>,
     ) -> Result<Running, Status> {
-        watch::launch(p, reaper, stdout_port).await
+        watch::launch(p, &self.zygote, reaper, stdout_port).await
     }
 
     /// `SignalContainer`.

@@ -1,5 +1,5 @@
-//! The plan the agent hands its helper (`uvm-gcs container-helper`, see
-//! [`super::helper`]) as JSON on fd [`PLAN_FD`]: everything the helper and
+//! The plan the agent hands a container process's helper (forked by the
+//! zygote, see [`super::zygote`] and [`super::helper`]) as JSON on fd [`PLAN_FD`]: everything the helper and
 //! the container's process do, already validated, so neither has to parse
 //! an OCI spec.
 
@@ -8,8 +8,6 @@ use std::path::PathBuf;
 use nix::sched::CloneFlags;
 use serde::{Deserialize, Serialize};
 
-/// `argv[1]` that makes `uvm-gcs` run as the helper.
-pub const HELPER_ARG: &str = "container-helper";
 /// The helper reads the JSON plan from this fd until EOF.
 pub const PLAN_FD: i32 = 3;
 /// The helper writes `pid <n>\n`, and the process `err <kind> <message>\n`

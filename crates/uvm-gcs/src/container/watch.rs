@@ -11,6 +11,7 @@ use uvm_proto::gcs::{exited, Exited};
 
 use super::launch::{launch as start, LaunchFailure};
 use super::plan::Mode;
+use super::zygote::Zygote;
 use super::{stats, Container, Prepared, State};
 use crate::reaper::{ExitKind, Reaper};
 use crate::spawn::{ProcessExit, Running};
@@ -35,6 +36,7 @@ fn oom_kills(c: &Container) -> u64 {
 /// Starts `p`; see [`super::Containers::launch`].
 pub async fn launch(
     p: Prepared,
+    zygote: &Zygote,
     reaper: &Reaper,
     stdout_port: Option<OwnedFd>,
 ) -> Result<Running, Status> {
@@ -55,7 +57,7 @@ pub async fn launch(
         }
     }
     let before = if init { 0 } else { oom_kills(&c) };
-    let launched = match start(&p.plan, reaper, p.window.as_ref(), stdout_port).await {
+    let launched = match start(&p.plan, zygote, reaper, p.window.as_ref(), stdout_port).await {
         Ok(l) => l,
         Err(LaunchFailure { status, exit }) => {
             tracing::info!(container = %c.id, init, code = ?status.code(), error = status.message(), "container process did not start");
