@@ -465,6 +465,16 @@ impl Report {
                 c.runc.p90_ms,
                 c.ratio,
             );
+            if c.uvm_restored_median_ms.is_some() {
+                row(
+                    "  uvm restoring a snapshot per run ms",
+                    c.uvm_restored.median_ms,
+                    c.uvm_restored.p90_ms,
+                    c.runc.median_ms,
+                    c.runc.p90_ms,
+                    c.restored_ratio,
+                );
+            }
         }
         if let Some(c) = &self.container {
             // The plain exec in the UVM itself is the baseline.
@@ -556,6 +566,9 @@ impl Report {
         if let Some(c) = &self.containerd {
             if let Some(why) = &c.runc_unavailable {
                 let _ = writeln!(t, "containerd: runc not measured: {why}");
+            }
+            if let Some(why) = &c.restored_unavailable {
+                let _ = writeln!(t, "containerd: restored runs not measured: {why}");
             }
         }
         if let Some(s) = &self.stdout_throughput {

@@ -201,7 +201,7 @@ async fn exec_true(m: &Manager) -> Result<(), BenchError> {
 
 /// Boots the source VM (guest RAM in a shared memfd), snapshots it into
 /// `dir` and terminates it (also when the snapshot fails).
-async fn take_snapshot(
+pub(crate) async fn take_snapshot(
     image: &Image,
     opts: &BenchOptions,
     dir: &Path,

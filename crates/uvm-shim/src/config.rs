@@ -42,6 +42,20 @@ pub struct VmConfig {
     /// vCPUs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vcpus: Option<u32>,
+    /// A snapshot dir (`uvmctl snapshot create`) the UVM starts from instead
+    /// of booting; the snapshot fixes the kernel, memory and vCPUs, so the
+    /// fields above must be unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<PathBuf>,
+}
+
+/// How the shim gets its UVM running.
+#[derive(Debug, Clone)]
+pub enum Boot {
+    /// Boots this document.
+    Document(Box<ComputeSystem>),
+    /// Restores this snapshot dir.
+    Snapshot(PathBuf),
 }
 
 /// The whole file.
@@ -69,6 +83,17 @@ impl RuntimeConfig {
                 kernel_cmdline: Some(cmdline.to_string()),
                 memory_mb: Some(memory_mb),
                 vcpus: Some(vcpus),
+                snapshot: None,
+            },
+        }
+    }
+
+    /// A config restoring the snapshot in `dir`.
+    pub fn for_snapshot(dir: &Path) -> Self {
+        Self {
+            vm: VmConfig {
+                snapshot: Some(dir.to_path_buf()),
+                ..VmConfig::default()
             },
         }
     }
@@ -109,6 +134,24 @@ impl RuntimeConfig {
                 reason: "vm.vcpus must be at least 1".into(),
             });
         }
+        if c.vm.snapshot.is_some() {
+            let vm = &c.vm;
+            let set = [
+                ("kernel", vm.kernel.is_some()),
+                ("initrd", vm.initrd.is_some()),
+                ("kernel_cmdline", vm.kernel_cmdline.is_some()),
+                ("memory_mb", vm.memory_mb.is_some()),
+                ("vcpus", vm.vcpus.is_some()),
+            ];
+            if let Some((field, _)) = set.iter().find(|(_, on)| *on) {
+                return Err(ShimError::Config {
+                    path: path.to_path_buf(),
+                    reason: format!(
+                        "vm.{field} cannot be set with vm.snapshot: the snapshot fixes the kernel, memory and vCPUs"
+                    ),
+                });
+            }
+        }
         Ok(c)
     }
 
@@ -129,6 +172,14 @@ impl RuntimeConfig {
                 Ok((Self::default(), None))
             }
             Err(e) => Err(ShimError::io("read the runtime config", path, e)),
+        }
+    }
+
+    /// The snapshot to restore when the config names one, else the document to boot.
+    pub fn boot(&self, owner: &str) -> Result<Boot> {
+        match &self.vm.snapshot {
+            Some(dir) => Ok(Boot::Snapshot(dir.clone())),
+            None => Ok(Boot::Document(Box::new(self.document(owner)?))),
         }
     }
 
@@ -212,6 +263,22 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_excludes_the_boot_settings() {
+        let p = Path::new("/etc/x.toml");
+        let c = RuntimeConfig::parse(p, "[vm]\nsnapshot = \"/srv/snap\"\n").unwrap();
+        assert_eq!(c, RuntimeConfig::for_snapshot(Path::new("/srv/snap")));
+        assert!(matches!(c.boot("t").unwrap(), Boot::Snapshot(d) if d == Path::new("/srv/snap")));
+        let e = RuntimeConfig::parse(p, "[vm]\nsnapshot = \"/s\"\nmemory_mb = 512\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("vm.memory_mb") && msg.contains("vm.snapshot"),
+            "{msg}"
+        );
+        let back = RuntimeConfig::for_snapshot(Path::new("/s")).to_toml();
+        assert_eq!(back.trim(), "[vm]\nsnapshot = \"/s\"");
+    }
+
+    #[test]
     fn written_config_reads_back() {
         let c = RuntimeConfig::for_boot_files(
             Path::new("/k \"x\""),
@@ -245,6 +312,7 @@ mod tests {
                 kernel_cmdline: Some("console=hvc0".into()),
                 memory_mb: Some(300),
                 vcpus: Some(2),
+                snapshot: None,
             },
         };
         let json = c.document("test").unwrap().to_json_pretty();

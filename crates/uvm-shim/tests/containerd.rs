@@ -59,6 +59,26 @@ fn ctr_run_prints_and_exits_with_the_task_code() {
 }
 
 #[test]
+fn ctr_run_restores_the_snapshot_the_config_names() {
+    let Some(c) = Containerd::start() else { return };
+    let config = c.snapshot_config("uvmtest.snapshot=1");
+    let config = config.display().to_string();
+    let out = c.run(
+        &["--rm", "--runtime-config-path", &config],
+        "s1",
+        &[
+            "sh",
+            "-c",
+            "grep -o uvmtest.snapshot=1 /proc/cmdline; exit 4",
+        ],
+    );
+    // The guest kernel's command line is the snapshotted VM's.
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert_eq!(stdout(&out), "uvmtest.snapshot=1\n", "{}", text(&out));
+    c.assert_nothing_left();
+}
+
+#[test]
 fn a_terminal_gets_the_clients_size_and_resizes() {
     let Some(c) = Containerd::start() else { return };
     let args = c.run_args(

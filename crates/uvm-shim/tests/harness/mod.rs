@@ -103,6 +103,43 @@ impl Containerd {
     }
 
     /// Starts containerd again.
+    /// A snapshot of the test image (256 MiB, 1 vCPU, `cmdline_extra`
+    /// appended to its command line) in `<dir>/snap`, made as `uvmctl
+    /// snapshot create` makes one, and a runtime config restoring it.
+    pub fn snapshot_config(&self, cmdline_extra: &str) -> PathBuf {
+        use std::sync::Arc;
+        use uvm::{AfterSnapshot, Controller, CreateOptions, Manager, StartOptions};
+        let img = image().expect("the image was found at start");
+        let document = uvm_schema::LcowDocumentBuilder::new(img.kernel, img.initrd)
+            .cmdline(format!("{} {cmdline_extra}", img.cmdline))
+            .memory_mb(256)
+            .processors(1)
+            .owner("uvm-shim-test")
+            .build();
+        let dir = self.path("snap");
+        let hv = uvm_vmm::QemuHypervisor::with_config(uvm_vmm::QemuConfig {
+            shared_memory: true,
+            ..uvm_vmm::QemuConfig::default()
+        });
+        let manager = Manager::with_hypervisor(Arc::new(hv));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let made = rt.block_on(async {
+            let id = format!("shim-snap-{}", std::process::id());
+            manager.create_vm(CreateOptions { id, document }).await?;
+            manager.start_vm(StartOptions::default()).await?;
+            manager.snapshot(&dir, AfterSnapshot::Terminate).await
+        });
+        let _ = rt.block_on(manager.terminate_vm());
+        made.unwrap_or_else(|e| panic!("snapshot: {e}"));
+        let config = self.path("uvm-shim-snapshot.toml");
+        let toml = uvm_shim::config::RuntimeConfig::for_snapshot(&dir).to_toml();
+        std::fs::write(&config, toml).unwrap();
+        config
+    }
+
     pub fn spawn_containerd(&mut self) {
         self.inner.spawn().unwrap_or_else(|e| panic!("{e}"));
     }
