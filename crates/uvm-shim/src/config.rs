@@ -49,6 +49,39 @@ pub struct VmConfig {
     pub snapshot: Option<PathBuf>,
 }
 
+impl VmConfig {
+    /// Why these settings cannot be used, naming the field; `None` when they can.
+    fn invalid(&self) -> Option<String> {
+        if let Some(dir) = &self.snapshot {
+            if !dir.is_absolute() {
+                return Some(format!(
+                    "vm.snapshot must be an absolute path to a snapshot dir, not {:?}",
+                    dir.display().to_string()
+                ));
+            }
+            let set = [
+                ("kernel", self.kernel.is_some()),
+                ("initrd", self.initrd.is_some()),
+                ("kernel_cmdline", self.kernel_cmdline.is_some()),
+                ("memory_mb", self.memory_mb.is_some()),
+                ("vcpus", self.vcpus.is_some()),
+            ];
+            if let Some((field, _)) = set.iter().find(|(_, on)| *on) {
+                return Some(format!(
+                    "vm.{field} cannot be set with vm.snapshot: the snapshot fixes the kernel, memory and vCPUs"
+                ));
+            }
+        }
+        if self.memory_mb == Some(0) {
+            return Some("vm.memory_mb must be at least 1".into());
+        }
+        if self.vcpus == Some(0) {
+            return Some("vm.vcpus must be at least 1".into());
+        }
+        None
+    }
+}
+
 /// How the shim gets its UVM running.
 #[derive(Debug, Clone)]
 pub enum Boot {
@@ -122,35 +155,11 @@ impl RuntimeConfig {
                     },
                 }
             })?;
-        if c.vm.memory_mb == Some(0) {
+        if let Some(reason) = c.vm.invalid() {
             return Err(ShimError::Config {
                 path: path.to_path_buf(),
-                reason: "vm.memory_mb must be at least 1".into(),
+                reason,
             });
-        }
-        if c.vm.vcpus == Some(0) {
-            return Err(ShimError::Config {
-                path: path.to_path_buf(),
-                reason: "vm.vcpus must be at least 1".into(),
-            });
-        }
-        if c.vm.snapshot.is_some() {
-            let vm = &c.vm;
-            let set = [
-                ("kernel", vm.kernel.is_some()),
-                ("initrd", vm.initrd.is_some()),
-                ("kernel_cmdline", vm.kernel_cmdline.is_some()),
-                ("memory_mb", vm.memory_mb.is_some()),
-                ("vcpus", vm.vcpus.is_some()),
-            ];
-            if let Some((field, _)) = set.iter().find(|(_, on)| *on) {
-                return Err(ShimError::Config {
-                    path: path.to_path_buf(),
-                    reason: format!(
-                        "vm.{field} cannot be set with vm.snapshot: the snapshot fixes the kernel, memory and vCPUs"
-                    ),
-                });
-            }
         }
         Ok(c)
     }
@@ -274,6 +283,12 @@ mod tests {
             msg.contains("vm.memory_mb") && msg.contains("vm.snapshot"),
             "{msg}"
         );
+        for bad in ["\"\"", "\"snap\""] {
+            let e = RuntimeConfig::parse(p, &format!("[vm]\nsnapshot = {bad}\n")).unwrap_err();
+            assert!(e.to_string().contains("absolute"), "{e}");
+        }
+        let e = RuntimeConfig::parse(p, "[vm]\nsnapshot = \"/s\"\nvcpus = 0\n").unwrap_err();
+        assert!(e.to_string().contains("vm.snapshot"), "{e}");
         let back = RuntimeConfig::for_snapshot(Path::new("/s")).to_toml();
         assert_eq!(back.trim(), "[vm]\nsnapshot = \"/s\"");
     }

@@ -70,8 +70,14 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-fn failure_status(f: Failure) -> Status {
-    Status::new(f.kind.code(), f.message)
+/// `f` as the call's status, naming container `id` unless it does already.
+fn failure_status(id: &str, f: Failure) -> Status {
+    let prefix = format!("container {id}: ");
+    if f.message.starts_with(&prefix) {
+        Status::new(f.kind.code(), f.message)
+    } else {
+        Status::new(f.kind.code(), format!("{prefix}{}", f.message))
+    }
 }
 
 /// Starts `plan` through a helper the zygote forks, with the stdio
@@ -120,10 +126,20 @@ pub async fn launch(
         Some(pid) => pid,
         None => {
             if let Some(f) = Failure::parse(&first) {
-                return Err(failure_status(f).into());
+                return Err(failure_status(id, f).into());
             }
+            let why = if !zygote.is_alive() {
+                "the container zygote ended before forking its helper (the next start uses a new one)"
+                    .to_string()
+            } else {
+                match wrote {
+                    Ok(Ok(())) => "its helper ended without reporting it".to_string(),
+                    Ok(Err(e)) => format!("its helper ended before reading the plan ({e})"),
+                    Err(_) => format!("its helper did not read the plan within {START_TIMEOUT:?}"),
+                }
+            };
             return Err(Status::internal(format!(
-                "container {id}: the helper ended without starting the process (plan written: {wrote:?})"
+                "container {id}: the process was not started: {why}"
             ))
             .into());
         }
@@ -156,10 +172,38 @@ pub async fn launch(
         });
         let exit = tokio::time::timeout(Duration::from_secs(5), exit).await;
         return Err(LaunchFailure {
-            status: failure_status(f),
+            status: failure_status(id, f),
             exit: exit.ok().and_then(Result::ok),
         });
     }
     let running = spawn::running(pid, parent, Box::pin(async { None }))?;
     Ok(Launched { running, exit })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::plan::FailKind;
+    use super::*;
+
+    #[test]
+    fn failures_name_their_container_once() {
+        let s = failure_status(
+            "c1",
+            Failure::new(FailKind::Internal, "fork the helper: EAGAIN"),
+        );
+        assert_eq!(s.message(), "container c1: fork the helper: EAGAIN");
+        assert_eq!(s.code(), tonic::Code::Internal);
+        let named = Failure::new(
+            FailKind::NotFound,
+            "container c1: executable file not found: x",
+        );
+        let s = failure_status("c1", named);
+        assert_eq!(s.message(), "container c1: executable file not found: x");
+        assert_eq!(s.code(), tonic::Code::NotFound);
+        let other = Failure::new(FailKind::Internal, "container c10: gone");
+        assert_eq!(
+            failure_status("c1", other).message(),
+            "container c1: container c10: gone"
+        );
+    }
 }

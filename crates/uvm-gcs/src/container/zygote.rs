@@ -123,6 +123,11 @@ impl Zygote {
         Ok(live.as_mut().expect("set above"))
     }
 
+    /// `true` while the zygote started last runs (`false` before the first).
+    pub fn is_alive(&self) -> bool {
+        self.lock().as_mut().is_some_and(Live::alive)
+    }
+
     /// Starts the zygote now unless it runs, so that the first launch need
     /// not wait for it; a failure is logged (the launch tries again).
     pub fn warm(&self) {
