@@ -530,3 +530,41 @@ async fn a_killed_zygote_is_replaced_and_launches_leave_no_zombies() {
     assert_eq!(zombies.trim(), "0", "zombies left in the guest");
     vm.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zygote_dying_with_a_request_is_replaced_and_the_start_succeeds() {
+    let Some(vm) = VmGuard::boot(256).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path()).unwrap();
+    let mgr = vm.mgr.clone();
+    let guest = mgr.guest().unwrap();
+    mgr.create_container("s1", &spec("echo started", "s1"), layers(&layer))
+        .await
+        .unwrap();
+    let zygote = sh(&guest, ZYGOTES).await.stdout.trim().to_string();
+    assert!(!zygote.is_empty(), "create starts the zygote");
+    // Stopped, it holds the start's request unread; killed, it takes it along.
+    sh(&guest, &format!("kill -STOP {zygote}")).await;
+    let starting = tokio::spawn({
+        let mgr = mgr.clone();
+        async move { mgr.start_container("s1").await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    sh(&guest, &format!("kill -9 {zygote}")).await;
+    let p = starting
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("start after the zygote died: {}", full(&e)));
+    let (f, exit) = collect(p).await;
+    assert_eq!(
+        (exit.outcome, f.stdout.as_str()),
+        (ExitOutcome::Code(0), "started\n")
+    );
+    let now = sh(&guest, ZYGOTES).await.stdout;
+    assert_eq!(now.lines().count(), 1, "one zygote: {now:?}");
+    assert_ne!(now.trim(), zygote, "a new zygote took the request");
+    mgr.delete_container("s1").await.unwrap();
+    vm.finish().await;
+}

@@ -80,22 +80,39 @@ fn failure_status(id: &str, f: Failure) -> Status {
     }
 }
 
-/// Starts `plan` through a helper the zygote forks, with the stdio
-/// `terminal`/`stdout_port` say.
-pub async fn launch(
-    plan: &Plan,
+/// A helper that reported the process's pid: the process waits on `go`.
+struct Forked {
+    pid: i32,
+    status: BufReader<FdIo>,
+    go: OwnedFd,
+}
+
+/// Why no helper reported a pid.
+enum Unforked {
+    /// A failure to report as is.
+    Failed(Status),
+    /// The zygote died with the request (asking a new one may work).
+    ZygoteGone,
+}
+
+impl From<Status> for Unforked {
+    fn from(s: Status) -> Self {
+        Unforked::Failed(s)
+    }
+}
+
+/// Asks the zygote for a helper with the process's stdio `child` and fresh
+/// pipes, writes the plan `json`, and reads the pid the helper reports.
+async fn fork_helper(
+    id: &str,
+    json: &[u8],
     zygote: &Zygote,
-    reaper: &Reaper,
-    window: Option<&WindowSize>,
-    stdout_port: Option<OwnedFd>,
-) -> Result<Launched, LaunchFailure> {
-    let id = plan.container_id.as_str();
-    let json = serde_json::to_vec(plan).map_err(|e| internal(id, "plan", e))?;
+    child: &[OwnedFd; 3],
+) -> Result<Forked, Unforked> {
     let (plan_r, plan_w) = pipe(id)?;
     let (status_r, status_w) = pipe(id)?;
-    let (go_r, go_w) = pipe(id)?;
-    let stdio = spawn::stdio(plan.process.terminal, window, stdout_port)?;
-    let [stdin, stdout, stderr] = &stdio.child;
+    let (go_r, go) = pipe(id)?;
+    let [stdin, stdout, stderr] = child;
     zygote
         .request([
             stdin.as_fd(),
@@ -106,11 +123,10 @@ pub async fn launch(
             go_r.as_fd(),
         ])
         .map_err(|e| internal(id, "ask the container zygote", e))?;
-    let parent = stdio.parent;
-    drop((stdio.child, plan_r, status_w, go_r));
+    drop((plan_r, status_w, go_r));
     let mut plan_w = FdIo::new(plan_w).map_err(|e| internal(id, "plan pipe", e))?;
     let wrote = tokio::time::timeout(START_TIMEOUT, async {
-        plan_w.write_all(&json).await?;
+        plan_w.write_all(json).await?;
         plan_w.shutdown().await
     })
     .await;
@@ -118,32 +134,65 @@ pub async fn launch(
     let status = FdIo::new(status_r).map_err(|e| internal(id, "status pipe", e))?;
     let mut status = BufReader::new(status);
     let first = read_line(&mut status, id).await?;
-    let pid = match first
+    let pid = first
         .trim_end()
         .strip_prefix("pid ")
-        .and_then(|p| p.parse::<i32>().ok())
-    {
-        Some(pid) => pid,
-        None => {
-            if let Some(f) = Failure::parse(&first) {
-                return Err(failure_status(id, f).into());
-            }
-            let why = if !zygote.is_alive() {
-                "the container zygote ended before forking its helper (the next start uses a new one)"
-                    .to_string()
-            } else {
-                match wrote {
-                    Ok(Ok(())) => "its helper ended without reporting it".to_string(),
-                    Ok(Err(e)) => format!("its helper ended before reading the plan ({e})"),
-                    Err(_) => format!("its helper did not read the plan within {START_TIMEOUT:?}"),
-                }
-            };
-            return Err(Status::internal(format!(
-                "container {id}: the process was not started: {why}"
-            ))
-            .into());
-        }
+        .and_then(|p| p.parse::<i32>().ok());
+    if let Some(pid) = pid {
+        return Ok(Forked { pid, status, go });
+    }
+    if let Some(f) = Failure::parse(&first) {
+        return Err(failure_status(id, f).into());
+    }
+    if zygote.ended() {
+        return Err(Unforked::ZygoteGone);
+    }
+    let why = match wrote {
+        Ok(Ok(())) => "its helper ended without reporting it".to_string(),
+        Ok(Err(e)) => format!("its helper ended before reading the plan ({e})"),
+        Err(_) => format!("its helper did not read the plan within {START_TIMEOUT:?}"),
     };
+    Err(Status::internal(format!(
+        "container {id}: the process was not started: {why}"
+    ))
+    .into())
+}
+
+/// Starts `plan` through a helper the zygote forks, with the stdio
+/// `terminal`/`stdout_port` say. A zygote that died with the request is
+/// replaced and asked once more.
+pub async fn launch(
+    plan: &Plan,
+    zygote: &Zygote,
+    reaper: &Reaper,
+    window: Option<&WindowSize>,
+    stdout_port: Option<OwnedFd>,
+) -> Result<Launched, LaunchFailure> {
+    let id = plan.container_id.as_str();
+    let json = serde_json::to_vec(plan).map_err(|e| internal(id, "plan", e))?;
+    let stdio = spawn::stdio(plan.process.terminal, window, stdout_port)?;
+    let forked = match fork_helper(id, &json, zygote, &stdio.child).await {
+        Err(Unforked::ZygoteGone) => {
+            tracing::warn!(
+                container = id,
+                "the container zygote died with the request; asking a new one"
+            );
+            fork_helper(id, &json, zygote, &stdio.child).await
+        }
+        r => r,
+    };
+    let Forked {
+        pid,
+        mut status,
+        go: go_w,
+    } = forked.map_err(|u| match u {
+        Unforked::Failed(s) => s,
+        Unforked::ZygoteGone => Status::internal(format!(
+            "container {id}: the process was not started: the container zygote died twice before forking its helper"
+        )),
+    })?;
+    let parent = stdio.parent;
+    drop(stdio.child);
     let exit = reaper
         .adopt(pid)
         .map_err(|e| internal(id, "adopt the process", e))?;

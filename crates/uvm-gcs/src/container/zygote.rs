@@ -13,7 +13,7 @@
 //! agent closes the socket.
 
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -72,8 +72,19 @@ impl Live {
         })
     }
 
-    /// `false` once the reaper has collected it.
+    /// `false` once it has closed its end of the socket (it died) or the
+    /// reaper has collected it.
     fn alive(&mut self) -> bool {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        // POLLHUP is reported whatever is asked for.
+        let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::empty())];
+        let hung_up = PollFlags::POLLHUP | PollFlags::POLLERR;
+        if poll(&mut fds, PollTimeout::ZERO).is_ok()
+            && fds[0].revents().is_some_and(|r| r.intersects(hung_up))
+        {
+            tracing::warn!(pid = self.pid, "container zygote gone (its socket hung up)");
+            return false;
+        }
         match self.exit.try_recv() {
             Err(oneshot::error::TryRecvError::Empty) => true,
             Ok(kind) => {
@@ -123,9 +134,9 @@ impl Zygote {
         Ok(live.as_mut().expect("set above"))
     }
 
-    /// `true` while the zygote started last runs (`false` before the first).
-    pub fn is_alive(&self) -> bool {
-        self.lock().as_mut().is_some_and(Live::alive)
+    /// `true` when no zygote runs: the last one died (or none was started).
+    pub fn ended(&self) -> bool {
+        !self.lock().as_mut().is_some_and(Live::alive)
     }
 
     /// Starts the zygote now unless it runs, so that the first launch need
