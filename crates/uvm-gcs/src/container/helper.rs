@@ -1,7 +1,8 @@
 //! The helper of one container process: a single-threaded child the
-//! zygote forks (see [`super::zygote`]) with the process's stdio on fds 0–2
-//! and its pipes on 3–5, the way runc's nsexec works. It reads its [`Plan`] on fd 3, creates (init) or
-//! joins (exec) the container's namespaces, then forks the process with
+//! zygote forks (see [`super::zygote`]) with the process's stdio on fds
+//! 0–2 and its pipes on 3–5, the way runc's nsexec works. It reads its
+//! [`Plan`] on fd 3, creates (init) or joins (exec) the container's
+//! namespaces, then forks the process with
 //! `clone3(CLONE_PARENT | CLONE_INTO_CGROUP)`: the process is born in the
 //! container's cgroup (no migration, whose RCU grace period costs 20–40 ms
 //! under TCG), and is a child of the agent, not of the helper, so the agent
@@ -155,8 +156,10 @@ fn clone_into_cgroup(dir: &File, cgroup: &Path) -> Result<Option<i32>, Failure> 
     Ok(Some(r as i32))
 }
 
-/// Forks the process as a sibling: a child of the agent.
-fn clone_parent() -> Result<i32, Failure> {
+/// Forks a sibling of the caller (a child of the caller's parent): the
+/// zygote forks helpers with it, a helper the process on kernels without
+/// `CLONE_INTO_CGROUP`.
+pub(super) fn clone_parent() -> Result<i32, Failure> {
     let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
     // SAFETY: with no new stack, clone behaves like fork (the child runs on
     // a copy-on-write copy of this stack); this process is single-threaded,

@@ -113,16 +113,13 @@ async fn fork_helper(
     let (status_r, status_w) = pipe(id)?;
     let (go_r, go) = pipe(id)?;
     let [stdin, stdout, stderr] = child;
-    zygote
-        .request([
-            stdin.as_fd(),
-            stdout.as_fd(),
-            stderr.as_fd(),
-            plan_r.as_fd(),
-            status_w.as_fd(),
-            go_r.as_fd(),
-        ])
-        .map_err(|e| internal(id, "ask the container zygote", e))?;
+    let fds = [stdin, stdout, stderr, &plan_r, &status_w, &go_r].map(AsFd::as_fd);
+    if let Err(e) = zygote.request(fds) {
+        return Err(match zygote.ended() {
+            true => Unforked::ZygoteGone,
+            false => internal(id, "ask the container zygote", e).into(),
+        });
+    }
     drop((plan_r, status_w, go_r));
     let mut plan_w = FdIo::new(plan_w).map_err(|e| internal(id, "plan pipe", e))?;
     let wrote = tokio::time::timeout(START_TIMEOUT, async {

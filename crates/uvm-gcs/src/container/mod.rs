@@ -1,8 +1,8 @@
 //! Containers in the UVM (DESIGN §11): the registry (id → [`Container`])
 //! and the RPCs on it. A container is created (rootfs mounted, cgroup made,
 //! spec validated), started by an `Exec` with `ContainerProcess.init` and
-//! joined by further `Exec`s (see [`launch`], [`zygote`] and [`helper`] for how a
-//! process gets into it). It is Stopped once its init has exited (the
+//! joined by further `Exec`s (see [`launch`], [`zygote`] and [`helper`] for
+//! how a process gets into it). It is Stopped once its init has exited (the
 //! kernel has killed the rest of its PID namespace then) and keeps that
 //! exit until deleted.
 //!

@@ -1,7 +1,7 @@
 //! The plan the agent hands a container process's helper (forked by the
-//! zygote, see [`super::zygote`] and [`super::helper`]) as JSON on fd [`PLAN_FD`]: everything the helper and
-//! the container's process do, already validated, so neither has to parse
-//! an OCI spec.
+//! zygote, see [`super::zygote`] and [`super::helper`]) as JSON on fd
+//! [`PLAN_FD`]: everything the helper and the container's process do,
+//! already validated, so neither has to parse an OCI spec.
 
 use std::path::PathBuf;
 

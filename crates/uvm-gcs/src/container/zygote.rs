@@ -72,27 +72,21 @@ impl Live {
         })
     }
 
-    /// `false` once it has closed its end of the socket (it died) or the
-    /// reaper has collected it.
+    /// `false` once its end of the socket is closed: it died (the kernel
+    /// closes a dead process's descriptors before the reaper sees it).
     fn alive(&mut self) -> bool {
         use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
         // POLLHUP is reported whatever is asked for.
         let mut fds = [PollFd::new(self.socket.as_fd(), PollFlags::empty())];
-        let hung_up = PollFlags::POLLHUP | PollFlags::POLLERR;
-        if poll(&mut fds, PollTimeout::ZERO).is_ok()
-            && fds[0].revents().is_some_and(|r| r.intersects(hung_up))
-        {
-            tracing::warn!(pid = self.pid, "container zygote gone (its socket hung up)");
-            return false;
+        let hung_up = poll(&mut fds, PollTimeout::ZERO).is_ok()
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR));
+        if hung_up {
+            let exit = self.exit.try_recv().ok();
+            tracing::warn!(pid = self.pid, exit = ?exit, "container zygote gone; the next request starts another");
         }
-        match self.exit.try_recv() {
-            Err(oneshot::error::TryRecvError::Empty) => true,
-            Ok(kind) => {
-                tracing::warn!(pid = self.pid, exit = ?kind, "container zygote ended; starting another");
-                false
-            }
-            Err(oneshot::error::TryRecvError::Closed) => false,
-        }
+        !hung_up
     }
 
     fn send(&self, fds: &[RawFd; REQUEST_FDS]) -> nix::Result<()> {
@@ -147,19 +141,12 @@ impl Zygote {
         }
     }
 
-    /// Hands one request to the zygote (see the module doc); a zygote found
-    /// gone is replaced once.
+    /// Hands one request to the zygote (see the module doc), starting one
+    /// when none runs. After a failure, [`Zygote::ended`] tells whether the
+    /// zygote died (a new one may take the request).
     pub fn request(&self, fds: [BorrowedFd<'_>; REQUEST_FDS]) -> std::io::Result<()> {
         let raw = fds.map(|f| f.as_raw_fd());
-        let mut live = self.lock();
-        match self.running(&mut live)?.send(&raw) {
-            Err(Errno::EPIPE | Errno::ECONNRESET | Errno::ECONNREFUSED) => {
-                tracing::warn!("the container zygote is gone; starting another");
-                *live = None;
-                Ok(self.running(&mut live)?.send(&raw)?)
-            }
-            r => Ok(r?),
-        }
+        Ok(self.running(&mut self.lock())?.send(&raw)?)
     }
 }
 
@@ -236,23 +223,16 @@ fn fork_helper(fds: Vec<OwnedFd>) {
         );
         return;
     }
-    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
-    // SAFETY: with no new stack, clone behaves like fork; this process is
-    // single-threaded, so the child's copy of the heap and locks is consistent.
-    let r = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
-    match r {
-        0 => {
+    match super::helper::clone_parent() {
+        Ok(0) => {
             if let Err(f) = place(&fds) {
                 report(&fds, &f);
                 std::process::exit(f.kind.exit_code());
             }
             super::helper::main()
         }
-        r if r < 0 => report(
-            &fds,
-            &Failure::sys("fork the helper", std::io::Error::last_os_error()),
-        ),
-        _ => {}
+        Ok(_) => {}
+        Err(f) => report(&fds, &f),
     }
 }
 
