@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::CodedInputStream;
 use serde::{Deserialize, Serialize};
+use uvm::VmOrigin;
 use uvm_schema::{ComputeSystem, LcowDocumentBuilder};
 
 use crate::error::{Result, ShimError};
@@ -80,15 +81,6 @@ impl VmConfig {
         }
         None
     }
-}
-
-/// How the shim gets its UVM running.
-#[derive(Debug, Clone)]
-pub enum Boot {
-    /// Boots this document.
-    Document(Box<ComputeSystem>),
-    /// Restores this snapshot dir.
-    Snapshot(PathBuf),
 }
 
 /// The whole file.
@@ -185,10 +177,10 @@ impl RuntimeConfig {
     }
 
     /// The snapshot to restore when the config names one, else the document to boot.
-    pub fn boot(&self, owner: &str) -> Result<Boot> {
+    pub fn origin(&self, owner: &str) -> Result<VmOrigin> {
         match &self.vm.snapshot {
-            Some(dir) => Ok(Boot::Snapshot(dir.clone())),
-            None => Ok(Boot::Document(Box::new(self.document(owner)?))),
+            Some(dir) => Ok(VmOrigin::Snapshot(dir.clone())),
+            None => Ok(VmOrigin::Document(Box::new(self.document(owner)?))),
         }
     }
 
@@ -276,7 +268,9 @@ mod tests {
         let p = Path::new("/etc/x.toml");
         let c = RuntimeConfig::parse(p, "[vm]\nsnapshot = \"/srv/snap\"\n").unwrap();
         assert_eq!(c, RuntimeConfig::for_snapshot(Path::new("/srv/snap")));
-        assert!(matches!(c.boot("t").unwrap(), Boot::Snapshot(d) if d == Path::new("/srv/snap")));
+        assert!(
+            matches!(c.origin("t").unwrap(), VmOrigin::Snapshot(d) if d == Path::new("/srv/snap"))
+        );
         let e = RuntimeConfig::parse(p, "[vm]\nsnapshot = \"/s\"\nmemory_mb = 512\n").unwrap_err();
         let msg = e.to_string();
         assert!(

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use oci_spec::runtime::Spec;
 use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
-use uvm::{Controller, CreateOptions, Manager, RestoreOptions, StartOptions};
+use uvm::{Controller, Manager, StartOptions, VmOrigin};
 
-use crate::config::{Boot, RuntimeConfig};
+use crate::config::RuntimeConfig;
 use crate::error::{Result, ShimError};
 
 /// CRI annotation: `sandbox` or `container`.
@@ -77,25 +77,16 @@ impl Sandbox {
             return Ok(());
         }
         let (cfg, path) = RuntimeConfig::load(config)?;
-        let created = match cfg.boot("containerd-shim-uvm-v2")? {
-            Boot::Document(document) => {
-                tracing::info!(vm = %self.id, config = ?path, "booting the UVM");
-                let opts = CreateOptions {
-                    id: self.id.clone(),
-                    document: *document,
-                };
-                self.manager.create_vm(opts).await
+        let origin = cfg.origin("containerd-shim-uvm-v2")?;
+        match &origin {
+            VmOrigin::Document(_) => {
+                tracing::info!(vm = %self.id, config = ?path, "booting the UVM")
             }
-            Boot::Snapshot(dir) => {
-                tracing::info!(vm = %self.id, config = ?path, snapshot = %dir.display(), "restoring the UVM");
-                let opts = RestoreOptions {
-                    id: self.id.clone(),
-                    snapshot_dir: dir,
-                    hostname: None,
-                };
-                self.manager.create_vm_from_snapshot(opts).await
+            VmOrigin::Snapshot(dir) => {
+                tracing::info!(vm = %self.id, config = ?path, snapshot = %dir.display(), "restoring the UVM")
             }
-        };
+        }
+        let created = self.manager.create_vm_from(self.id.clone(), origin).await;
         created.map_err(|e| ShimError::uvm(format!("cannot create the UVM {}", self.id), e))?;
         if let Err(e) = self.manager.start_vm(StartOptions::default()).await {
             let _ = self.manager.terminate_vm().await;

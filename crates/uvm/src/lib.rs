@@ -68,7 +68,7 @@ pub use error::{Error, ExitError};
 pub use manager::Manager;
 pub use migration::{MigrationOptions, MigrationPhase};
 pub use options::{
-    CreateOptions, ExitStatus, ManagerConfig, StartOptions, DEFAULT_GCS_TIMEOUT,
+    CreateOptions, ExitStatus, ManagerConfig, StartOptions, VmOrigin, DEFAULT_GCS_TIMEOUT,
     DEFAULT_RPC_TIMEOUT, VM_EXIT_GRACE,
 };
 pub use snapshot::{

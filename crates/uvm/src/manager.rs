@@ -299,6 +299,28 @@ impl Manager {
         owned(async move { inner.create_from_snapshot(opts).await }).await
     }
 
+    /// Creates VM `id` from `origin`: `create_vm` of the document, or
+    /// [`Manager::create_vm_from_snapshot`] of the snapshot dir.
+    pub async fn create_vm_from(&self, id: String, origin: crate::VmOrigin) -> Result<(), Error> {
+        match origin {
+            crate::VmOrigin::Document(document) => {
+                self.create_vm(CreateOptions {
+                    id,
+                    document: *document,
+                })
+                .await
+            }
+            crate::VmOrigin::Snapshot(snapshot_dir) => {
+                self.create_vm_from_snapshot(crate::RestoreOptions {
+                    id,
+                    snapshot_dir,
+                    hostname: None,
+                })
+                .await
+            }
+        }
+    }
+
     /// Live-migrates the Running VM into `dest` (a Manager in NotCreated),
     /// which ends Running with the same guest: processes, their stdio and
     /// exit codes carry on. This Manager ends Terminated, its exit error

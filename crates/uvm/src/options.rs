@@ -15,6 +15,16 @@ pub struct CreateOptions {
     pub document: uvm_schema::ComputeSystem,
 }
 
+/// Where a new VM comes from (see `Manager::create_vm_from`).
+#[derive(Debug, Clone)]
+pub enum VmOrigin {
+    /// Booted from this document.
+    Document(Box<uvm_schema::ComputeSystem>),
+    /// Restored from this snapshot dir; the guest takes the VM's id as its
+    /// hostname.
+    Snapshot(std::path::PathBuf),
+}
+
 /// What `start_vm` needs.
 #[derive(Debug, Clone)]
 pub struct StartOptions {

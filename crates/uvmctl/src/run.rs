@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::signal::unix::{signal, SignalKind};
-use uvm::{Controller, CreateOptions, Manager, StartOptions};
+use uvm::{Controller, Manager, StartOptions, VmOrigin};
 use uvm_guest::{GuestError, Process, ProcessExit, ProcessSpec};
 use uvm_image::KernelKind;
 use uvm_schema::ComputeSystem;
@@ -45,9 +45,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     } else {
         None
     };
-    let boot = match &args.from_snapshot {
-        Some(dir) => Boot::Snapshot(dir.clone()),
-        None => Boot::Document(Box::new(
+    let origin = match &args.from_snapshot {
+        Some(dir) => VmOrigin::Snapshot(dir.clone()),
+        None => VmOrigin::Document(Box::new(
             load_document(args.doc.as_deref(), args.memory, args.cpus, &args.kernel).await?,
         )),
     };
@@ -61,23 +61,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut timings = Timings::default();
 
     let t = Instant::now();
-    match boot {
-        Boot::Document(document) => manager
-            .create_vm(CreateOptions {
-                id: id.clone(),
-                document: *document,
-            })
-            .await
-            .context("creating the VM")?,
-        Boot::Snapshot(dir) => manager
-            .create_vm_from_snapshot(uvm::RestoreOptions {
-                id: id.clone(),
-                snapshot_dir: dir,
-                hostname: None,
-            })
-            .await
-            .context("creating the VM from the snapshot")?,
-    }
+    let what = match &origin {
+        VmOrigin::Document(_) => "creating the VM",
+        VmOrigin::Snapshot(_) => "creating the VM from the snapshot",
+    };
+    manager
+        .create_vm_from(id.clone(), origin)
+        .await
+        .context(what)?;
     timings.create = Some(t.elapsed());
 
     // From here on the VM exists: every path goes through terminate.
@@ -214,14 +205,6 @@ async fn start_container(
         Err(uvm::Error::VmExited { reason, .. }) => Err(GuestError::VmExited { reason: reason.0 }),
         Err(e) => return Err(anyhow::Error::new(e).context("starting the container")),
     })
-}
-
-/// Where the VM comes from.
-enum Boot {
-    /// Booted from a document.
-    Document(Box<ComputeSystem>),
-    /// Restored from a snapshot dir.
-    Snapshot(std::path::PathBuf),
 }
 
 /// How the guest command ended, as far as `run` is concerned.
