@@ -293,13 +293,20 @@ async fn serve_open_port(agent: &Agent, name: &str, port: &std::fs::File) {
 }
 
 /// Serves the GCS on a unix socket at `path` (development and tests); each
-/// accepted connection is served independently.
+/// accepted connection is served independently. The socket is bound and
+/// listening under a temporary name before it is renamed to `path`, so a
+/// client that waits for `path` to exist is never refused.
 pub async fn serve_unix(
     agent: Agent,
     path: &Path,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut binding = path.as_os_str().to_owned();
+    binding.push(".binding");
+    let binding = std::path::PathBuf::from(binding);
     let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)?;
+    let _ = std::fs::remove_file(&binding);
+    let listener = tokio::net::UnixListener::bind(&binding)?;
+    std::fs::rename(&binding, path)?;
     tracing::info!(socket = %path.display(), "serving GCS on a unix socket");
     loop {
         let stream = match listener.accept().await {

@@ -275,3 +275,27 @@ async fn an_oversized_input_message_is_reported_not_swallowed() {
     let o = run(&mut c, spec(&["true"]), vec![]).await.unwrap();
     assert_eq!(code(&o), Some(0));
 }
+
+#[test]
+fn the_socket_accepts_as_soon_as_it_exists() {
+    // The agent once bound its socket before listening on it: a client
+    // that connected the moment the path appeared could be refused.
+    for _ in 0..50 {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("gcs.sock");
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_uvm-gcs"))
+            .arg("--serve-unix")
+            .arg(&sock)
+            .env("UVM_GCS_LOG", "warn")
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !sock.exists() && std::time::Instant::now() < deadline {
+            std::hint::spin_loop();
+        }
+        let connected = std::os::unix::net::UnixStream::connect(&sock);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(connected.is_ok(), "refused: {connected:?}");
+    }
+}

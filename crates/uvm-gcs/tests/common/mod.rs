@@ -32,8 +32,11 @@ impl Server {
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
-            assert!(Instant::now() < deadline, "agent did not create its socket");
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "agent does not accept on its socket"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Self {
