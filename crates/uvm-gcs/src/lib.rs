@@ -15,6 +15,7 @@ pub mod fdio;
 pub mod init;
 pub mod logging;
 pub mod mounts;
+pub mod newroot;
 pub mod policy;
 pub mod ports;
 pub mod reaper;

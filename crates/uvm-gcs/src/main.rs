@@ -97,9 +97,11 @@ fn run_dev(socket: &str) {
 fn run_init(main_uptime_us: u64) -> ! {
     std::env::set_var("PATH", init::DEFAULT_PATH);
     init::mount_proc();
+    let root = uvm_gcs::newroot::leave_initramfs();
     let cfg = Config::from_proc();
     let sink = logging::init(&cfg.log_level, tracing::Level::WARN);
     install_panic_hook();
+    log_root(&root);
     init::mount_filesystems();
     // Logged once the first GCS response is out (see `boot_marks`).
     let started = Started {
@@ -122,6 +124,24 @@ fn run_init(main_uptime_us: u64) -> ! {
         }
         first = false;
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Logs how PID 1 left the initramfs (see `uvm_gcs::newroot`).
+fn log_root(root: &uvm_gcs::newroot::Outcome) {
+    use uvm_gcs::newroot::Outcome;
+    match root {
+        Outcome::Moved { took, copy, bytes } => tracing::info!(
+            took_us = took.as_micros() as u64,
+            copy_us = copy.as_micros() as u64,
+            bytes,
+            "left the initramfs for a tmpfs root"
+        ),
+        Outcome::NotInitramfs => tracing::debug!("the root is not the initramfs; kept"),
+        Outcome::Failed(why) => tracing::error!(
+            error = %why,
+            "cannot leave the initramfs; containers cannot pivot_root"
+        ),
     }
 }
 

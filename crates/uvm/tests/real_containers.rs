@@ -568,3 +568,56 @@ async fn a_zygote_dying_with_a_request_is_replaced_and_the_start_succeeds() {
     mgr.delete_container("s1").await.unwrap();
     vm.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_detaching_its_root_uncovers_nothing_of_the_guest() {
+    use oci_spec::runtime::Capability;
+    let Some(vm) = VmGuard::boot(512).await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let layer = busybox_layer(dir.path()).unwrap();
+    // With CAP_SYS_ADMIN the init detaches its own root. Whatever lay
+    // below it is what a later exec into the container finds at `/`: the
+    // guest's initramfs once (containers were only moved onto it and
+    // chrooted), only the agent's executable now (they pivot_root off a
+    // tmpfs root).
+    let mut s = spec("umount -l / && echo detached && sleep 600", "bare");
+    let p = s.process_mut().as_mut().unwrap();
+    let mut caps = p.capabilities().clone().unwrap_or_default();
+    let with_admin = |set: &Option<oci_spec::runtime::Capabilities>| {
+        let mut v = set.clone().unwrap_or_default();
+        v.insert(Capability::SysAdmin);
+        Some(v)
+    };
+    caps.set_bounding(with_admin(caps.bounding()));
+    caps.set_effective(with_admin(caps.effective()));
+    caps.set_permitted(with_admin(caps.permitted()));
+    p.set_capabilities(Some(caps));
+    let mgr = &vm.mgr;
+    mgr.create_container("bare", &s, layers(&layer))
+        .await
+        .unwrap_or_else(|e| panic!("create: {}", full(&e)));
+    let mut init = mgr
+        .start_container("bare")
+        .await
+        .unwrap_or_else(|e| panic!("start: {}", full(&e)));
+    let mut out = init.stdout.take().unwrap();
+    let mut seen = String::new();
+    read_until(&mut out, &mut seen, "detached").await;
+    let mut ls = OciProcess::default();
+    ls.set_terminal(Some(false));
+    ls.set_args(Some(vec!["/bin/ls".into(), "-a".into(), "/".into()]));
+    match mgr.exec_in_container("bare", &ls).await {
+        // Nothing to run: no busybox below.
+        Err(e) => assert!(full(&e).contains("/bin/ls"), "{}", full(&e)),
+        Ok(p) => {
+            let (f, _) = collect(p).await;
+            panic!("the guest's root showed through: {}", f.stdout);
+        }
+    }
+    mgr.delete_container("bare")
+        .await
+        .unwrap_or_else(|e| panic!("delete: {}", full(&e)));
+    vm.finish().await;
+}

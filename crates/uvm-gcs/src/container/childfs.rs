@@ -4,6 +4,7 @@
 //! read-only paths.
 
 use std::ffi::OsStr;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -217,36 +218,39 @@ fn populate_dev(root: &Path, devices: &[DevicePlan], terminal: bool) -> Result<(
     Ok(())
 }
 
-/// Makes `root` the process's root. The guest's own root is the initramfs,
-/// which `pivot_root(2)` refuses (EINVAL: it is not attached to a parent
-/// mount), so this does what switch_root does: move `root` onto `/`, then
-/// detach every guest mount from this namespace (other containers' roots,
-/// the guest's /proc and /run), make the initramfs below read-only in this
-/// namespace, and chroot. A `setns` into the namespace lands on the moved
-/// root too (the kernel looks up `/` with LOOKUP_DOWN).
+/// Makes `root` the process's root with `pivot_root(2)` (the way runc
+/// does: `pivot_root(".", ".")`, then the old root, stacked on the new one,
+/// is detached with every guest mount under it). The guest's own root is
+/// a tmpfs (`crate::newroot`); below it lies only the emptied initramfs.
+/// A `setns` into the namespace lands on the new root (the kernel looks up
+/// `/` with LOOKUP_DOWN).
 fn enter_root(root: &Path) -> Result<(), Failure> {
-    let table = crate::mounts::mountinfo::read(Path::new("/proc/self/mountinfo"));
-    let top = table.iter().find(|e| e.mount_point == "/").map(|e| e.id);
-    let mut guest: Vec<&str> = table
-        .iter()
-        .filter(|e| Some(e.parent) == top && e.mount_point != "/")
-        .map(|e| e.mount_point.as_str())
-        .collect();
-    guest.dedup();
+    use nix::fcntl::{open, OFlag};
+    let dir = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+    let old = open("/", dir, Mode::empty()).map_err(|e| fail("open /", e))?;
+    let old = unsafe_owned(old);
     std::env::set_current_dir(root).map_err(|e| fail(format!("chdir {}", root.display()), e))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
-        .map_err(|e| fail("move the rootfs onto /", e))?;
-    for mp in guest {
-        match umount2(mp, MntFlags::MNT_DETACH) {
-            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-            Err(e) => return Err(fail(format!("detach the guest's {mp}"), e)),
-        }
-    }
-    let ro = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY;
-    mount(None::<&str>, "/", None::<&str>, ro, None::<&str>)
-        .map_err(|e| fail("make the initramfs read-only", e))?;
-    nix::unistd::chroot(".").map_err(|e| fail("chroot", e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| {
+        let why = if crate::newroot::root_is_initramfs() {
+            " (the guest could not leave its initramfs at boot: see its log)"
+        } else {
+            ""
+        };
+        fail(format!("pivot_root into {}{why}", root.display()), e)
+    })?;
+    nix::unistd::fchdir(old.as_raw_fd()).map_err(|e| fail("fchdir to the old root", e))?;
+    let slave = MsFlags::MS_SLAVE | MsFlags::MS_REC;
+    mount(None::<&str>, ".", None::<&str>, slave, None::<&str>)
+        .map_err(|e| fail("make the old root a slave", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| fail("detach the old root", e))?;
     std::env::set_current_dir("/").map_err(|e| fail("chdir /", e))
+}
+
+/// `fd` (just opened) as an owned descriptor.
+fn unsafe_owned(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `fd` was just returned by open(2) and nothing else owns it.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
 /// Flags of the mount at `p` that a bind remount must keep.
