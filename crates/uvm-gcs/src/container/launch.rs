@@ -166,6 +166,7 @@ pub async fn launch(
     stdout_port: Option<OwnedFd>,
 ) -> Result<Launched, LaunchFailure> {
     let id = plan.container_id.as_str();
+    let t = std::time::Instant::now();
     let json = serde_json::to_vec(plan).map_err(|e| internal(id, "plan", e))?;
     let stdio = spawn::stdio(plan.process.terminal, window, stdout_port)?;
     let forked = match fork_helper(id, &json, zygote, &stdio.child).await {
@@ -188,6 +189,7 @@ pub async fn launch(
             "container {id}: the process was not started: the container zygote died twice before forking its helper"
         )),
     })?;
+    let forked_us = t.elapsed().as_micros() as u64;
     let parent = stdio.parent;
     drop(stdio.child);
     let exit = reaper
@@ -223,6 +225,13 @@ pub async fn launch(
         });
     }
     let running = spawn::running(pid, parent, Box::pin(async { None }))?;
+    tracing::debug!(
+        container = id,
+        pid,
+        forked_us,
+        started_us = t.elapsed().as_micros() as u64,
+        "container process launched (helper forked, then set up to execve)"
+    );
     Ok(Launched { running, exit })
 }
 

@@ -190,12 +190,16 @@ impl Containers {
         let made = {
             let (id, res, src) = (id.clone(), spec.resources.clone(), req.rootfs.clone());
             blocking(move || {
+                let t = std::time::Instant::now();
                 let mut rootfs = Rootfs::create(Path::new(CONTAINERS_DIR), &id, src.as_ref())?;
+                let rootfs_us = t.elapsed().as_micros() as u64;
                 let cg = Cgroup::at(Path::new(CGROUP_ROOT), &id);
                 if let Err(e) = cg.create(&res) {
                     let _ = rootfs.remove();
                     return Err(Status::internal(format!("container {id}: {e}")));
                 }
+                let total_us = t.elapsed().as_micros() as u64;
+                tracing::debug!(container = %id, rootfs_us, total_us, "container root and cgroup made");
                 Ok((rootfs, cg))
             })
             .await
