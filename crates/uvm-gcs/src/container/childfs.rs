@@ -225,10 +225,7 @@ fn populate_dev(root: &Path, devices: &[DevicePlan], terminal: bool) -> Result<(
 /// A `setns` into the namespace lands on the new root (the kernel looks up
 /// `/` with LOOKUP_DOWN).
 fn enter_root(root: &Path) -> Result<(), Failure> {
-    use nix::fcntl::{open, OFlag};
-    let dir = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-    let old = open("/", dir, Mode::empty()).map_err(|e| fail("open /", e))?;
-    let old = unsafe_owned(old);
+    let old = std::fs::File::open("/").map_err(|e| fail("open /", e))?;
     std::env::set_current_dir(root).map_err(|e| fail(format!("chdir {}", root.display()), e))?;
     nix::unistd::pivot_root(".", ".").map_err(|e| {
         let why = if crate::newroot::root_is_initramfs() {
@@ -244,13 +241,6 @@ fn enter_root(root: &Path) -> Result<(), Failure> {
         .map_err(|e| fail("make the old root a slave", e))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| fail("detach the old root", e))?;
     std::env::set_current_dir("/").map_err(|e| fail("chdir /", e))
-}
-
-/// `fd` (just opened) as an owned descriptor.
-fn unsafe_owned(fd: std::os::fd::RawFd) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `fd` was just returned by open(2) and nothing else owns it.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
 }
 
 /// Flags of the mount at `p` that a bind remount must keep.
